@@ -1,0 +1,53 @@
+"""Additive noise on the transmitted features or on the input.
+
+He et al., IoT-J 2020, §"Noise obfuscation": z̃ = z + ε with ε ~ N(0, σ²I) or Laplace(0, b), at
+inference only; CEM (Xia et al. 2025) also trains with Gaussian feature noise.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mijax.defenses.base import Defense, check_scalar
+
+_PLACES = ("features", "input")
+
+
+def _additive(name: str, scale, sample, on: str) -> Defense:
+    if on not in _PLACES:
+        raise ValueError(f"expected on to be one of {_PLACES}, got {on!r}")
+    scale = check_scalar(name, scale)
+
+    def add(state, x, key, *, train):
+        return x + state[name] * sample(key, x.shape)
+
+    return Defense(
+        init=lambda: {name: scale},
+        feature_transform=add if on == "features" else None,
+        input_transform=add if on == "input" else None,
+    )
+
+
+def gaussian_noise(sigma, *, on: str = "features") -> Defense:
+    """z̃ = z + σ·ε, ε ~ N(0, I), fresh per element and call (He et al. IoT-J 2020; CEM).
+
+    Args:
+        sigma: noise standard deviation, >= 0; traced when swept.
+        on: "features" (the transmitted z) or "input" (the normalised-space image before the edge
+            is not available here: the noise is added to x in [0,1] pixel space).
+
+    Raises:
+        ValueError: if sigma is negative or `on` is unknown.
+    """
+    return _additive("sigma", sigma, lambda k, s: jax.random.normal(k, s), on)
+
+
+def laplace_noise(scale, *, on: str = "features") -> Defense:
+    """z̃ = z + ε, ε ~ Laplace(0, b) element-wise (He et al. IoT-J 2020; Titcombe et al. 2021).
+
+    Args:
+        scale: the Laplace scale b >= 0 (std √2·b); traced when swept.
+        on: "features" or "input".
+    """
+    return _additive("scale", scale, lambda k, s: jax.random.laplace(k, s), on)

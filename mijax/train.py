@@ -1,0 +1,242 @@
+"""Training split models with defenses: a jit-compiled step, a fit loop with checkpoints, evaluation.
+
+The step minimises the task loss plus the defense's terms,
+
+    L = mean_i CE(g(T(f(x_i))), y_i) + mean_i defense.loss(...)_i,
+
+where T is the defense's feature transform. `fit` runs one model, or with `sweep=True` a stack of
+models that differ in their defense settings (σ, λ, ...) as one vmapped program that compiles once.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from mijax.checkpoint import Checkpointer
+from mijax.defenses.base import Defense, LossInputs, identity
+from mijax.nn import Variables
+from mijax.split import SplitModel
+
+
+class TrainState(NamedTuple):
+    """Everything a training run carries from step to step (a leading axis per model in sweeps)."""
+
+    step: jax.Array
+    variables: Variables
+    opt_state: optax.OptState
+    defense_state: Any
+
+
+def transmit(model: SplitModel, defense: Defense, defense_state, variables: Variables, images, key, *,
+             train: bool) -> tuple[jax.Array, jax.Array, jax.Array, Variables]:
+    """Runs the edge and the defense: returns `(images_in, z, z_tilde, new_variables)`."""
+    input_key, edge_key, feature_key = jax.random.split(key, 3)
+    if defense.input_transform is not None:
+        images = defense.input_transform(defense_state, images, input_key, train=train)
+    z, variables = model.edge_apply(variables, images, train=train, key=edge_key)
+    z_tilde = z if defense.feature_transform is None else defense.feature_transform(
+        defense_state, z, feature_key, train=train)
+    return images, z, z_tilde, variables
+
+
+def init_train_state(model: SplitModel, optimizer: optax.GradientTransformation, key: jax.Array,
+                     defense_state: Any = ()) -> TrainState:
+    variables = model.init(key)
+    return TrainState(jnp.zeros((), jnp.int32), variables, optimizer.init(variables["params"]),
+                      defense_state)
+
+
+def make_train_step(model: SplitModel, optimizer: optax.GradientTransformation,
+                    defense: Defense | None = None, *,
+                    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None):
+    """Builds `step(state, images, labels, key) -> (state, metrics)` (pure; jit or vmap it).
+
+    Args:
+        model: the split model.
+        optimizer: an optax transformation over `variables["params"]`.
+        defense: its input/feature transforms and loss terms apply during training.
+        augment: `augment(key, images) -> images`, e.g. random flips and crops.
+    """
+    defense = defense or identity()
+
+    def step(state: TrainState, images, labels, key):
+        key = jax.random.fold_in(key, state.step)
+        augment_key, transmit_key, cloud_key, update_key = jax.random.split(key, 4)
+        if augment is not None:
+            images = augment(augment_key, images)
+
+        def loss_fn(params):
+            variables = {**state.variables, "params": params}
+            x, z, z_tilde, variables = transmit(model, defense, state.defense_state, variables, images,
+                                                transmit_key, train=True)
+            logits, variables = model.cloud_apply(variables, z_tilde, train=True, key=cloud_key)
+            task = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            inputs = LossInputs(x, labels, z, z_tilde, logits)
+            extra = jnp.zeros(()) if defense.loss is None else jnp.mean(defense.loss(state.defense_state, inputs))
+            loss = jnp.mean(task) + extra
+            return loss, (variables, inputs, jnp.mean(task), extra)
+
+        (loss, (variables, inputs, task, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.variables["params"])
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.variables["params"])
+        variables = {**variables, "params": optax.apply_updates(state.variables["params"], updates)}
+        defense_state = state.defense_state
+        if defense.update is not None:
+            defense_state = defense.update(defense_state, jax.lax.stop_gradient(inputs), update_key)
+        accuracy = jnp.mean(jnp.argmax(inputs.logits, -1) == labels)
+        metrics = {"loss": loss, "task_loss": task, "defense_loss": extra, "accuracy": accuracy}
+        return TrainState(state.step + 1, variables, opt_state, defense_state), metrics
+
+    return step
+
+
+def predict(model: SplitModel, variables: Variables, images, *, defense: Defense | None = None,
+            defense_state: Any = (), key: jax.Array, batch_size: int = 256,
+            sweep: bool = False) -> np.ndarray:
+    """Logits `g(T(f(x)))` in eval mode for all `images` ([num_models, N, classes] if `sweep`).
+
+    The defense is active as deployed: fresh noise per batch from `key`.
+    """
+    defense = defense or identity()
+
+    def logits_fn(variables, defense_state, x, key):
+        _, _, z_tilde, _ = transmit(model, defense, defense_state, variables, x, key, train=False)
+        return model.cloud_apply(variables, z_tilde)[0]
+
+    if sweep:
+        logits_fn = jax.vmap(logits_fn, in_axes=(0, 0, None, None))
+    logits_fn = jax.jit(logits_fn)
+    images = np.asarray(images)
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        size = len(chunk)
+        if size < batch_size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - size, 0)])
+        out = np.asarray(logits_fn(variables, defense_state, chunk, jax.random.fold_in(key, start)))
+        outputs.append(out[..., :size, :])
+    return np.concatenate(outputs, axis=-2)
+
+
+def evaluate(model: SplitModel, variables: Variables, images, labels, *, defense: Defense | None = None,
+             defense_state: Any = (), key: jax.Array, batch_size: int = 256,
+             sweep: bool = False) -> np.ndarray:
+    """Top-1 accuracy of the deployed pipeline (a scalar, or `[num_models]` if `sweep`)."""
+    logits = predict(model, variables, images, defense=defense, defense_state=defense_state, key=key,
+                     batch_size=batch_size, sweep=sweep)
+    return np.mean(np.argmax(logits, -1) == np.asarray(labels), axis=-1)
+
+
+def features(model: SplitModel, variables: Variables, images, *, batch_size: int = 256,
+             sweep: bool = False) -> np.ndarray:
+    """Clean eval-mode edge features `f(x)` for all `images` ([num_models, N, ...] if `sweep`)."""
+    fn = lambda v, x: model.edge_apply(v, x)[0]
+    fn = jax.jit(jax.vmap(fn, in_axes=(0, None)) if sweep else fn)
+    images = np.asarray(images)
+    axis = 1 if sweep else 0
+    return np.concatenate([np.asarray(fn(variables, images[s:s + batch_size]))
+                           for s in range(0, len(images), batch_size)], axis=axis)
+
+
+def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransformation, epochs: int,
+        batch_size: int, key: jax.Array, defense: Defense | None = None, defense_state: Any = None,
+        sweep: bool = False, augment: Callable | None = None, workdir: str | pathlib.Path | None = None,
+        checkpoint_every: int | None = None, callback: Callable[[int, TrainState], None] | None = None,
+        progress: bool = True, description: str = "train") -> TrainState:
+    """Trains `model` on `(images, labels)`; checkpoints to `workdir` and resumes from it on rerun.
+
+    Batches are drawn without replacement from a permutation per epoch derived from `key`, and each
+    step's randomness from `fold_in(key, step)`, so an interrupted run that resumes from a checkpoint
+    ends with exactly the parameters of an uninterrupted one.
+
+    Args:
+        model: the split model.
+        images: `[N, height, width, channels]` in [0,1].
+        labels: `[N]` integer labels.
+        optimizer: optax transformation over the parameters.
+        epochs: passes over the data (the last partial batch of each epoch is dropped).
+        batch_size: examples per step.
+        key: root PRNG key (initialisation, order, augmentation, defense noise).
+        defense: the training-time defense (default none).
+        defense_state: its state; with `sweep=True` a stacked state with a leading model axis
+            (see `mijax.defenses.stack`). Defaults to `defense.init()`.
+        sweep: train one model per entry of the stacked `defense_state`, vmapped, all from the same
+            initialisation and data order.
+        augment: `augment(key, images) -> images` applied inside the step.
+        workdir: where checkpoints go (`workdir/checkpoints`); None disables checkpointing.
+        checkpoint_every: steps between checkpoints (default: once per epoch).
+        callback: `callback(step, state)` after every step (e.g. for logging).
+        progress: show a progress bar.
+        description: the progress bar's label.
+
+    Returns:
+        The final `TrainState`.
+
+    Raises:
+        ValueError: on mismatched or badly shaped images and labels, or a batch larger than the data.
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    model.check_images(images)
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"expected labels of shape [{images.shape[0]}] matching images, got {labels.shape}")
+    if not 0 < batch_size <= len(images):
+        raise ValueError(f"expected batch_size in [1, {len(images)}], got {batch_size}")
+    defense = defense or identity()
+    if defense_state is None:
+        defense_state = defense.init()
+    init_key, order_key, step_key, epoch_key = jax.random.split(key, 4)
+
+    def init(defense_state):
+        return init_train_state(model, optimizer, init_key, defense_state)
+
+    step_fn = make_train_step(model, optimizer, defense, augment=augment)
+    if sweep:
+        init, step_fn = jax.vmap(init), jax.vmap(step_fn, in_axes=(0, None, None, None))
+    state = jax.jit(init)(defense_state)
+    step_fn = jax.jit(step_fn, donate_argnums=0)
+
+    steps_per_epoch = len(images) // batch_size
+    total = epochs * steps_per_epoch
+    checkpoint_every = checkpoint_every or steps_per_epoch
+    checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints") if workdir else None
+    start = 0
+    if checkpointer and checkpointer.latest_step() is not None:
+        state = checkpointer.restore(state)
+        start = checkpointer.latest_step()
+    try:
+        bar = tqdm(total=total, initial=start, desc=description, disable=not progress, leave=False)
+        for step in range(start, total):
+            epoch, index = divmod(step, steps_per_epoch)
+            order = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, epoch), len(images)))
+            batch = order[index * batch_size:(index + 1) * batch_size]
+            state, metrics = step_fn(state, images[batch], labels[batch], step_key)
+            if defense.epoch_update is not None and index == steps_per_epoch - 1:
+                state = _epoch_update(model, defense, state, images, labels,
+                                      jax.random.fold_in(epoch_key, epoch), sweep)
+            if callback is not None:
+                callback(step + 1, state)
+            if checkpointer and ((step + 1) % checkpoint_every == 0 or step + 1 == total):
+                checkpointer.save(step + 1, state)
+            bar.update()
+            if step % 10 == 0 or step + 1 == total:
+                bar.set_postfix({k: f"{float(np.mean(v)):.3f}" for k, v in metrics.items()
+                                 if k in ("loss", "accuracy")})
+        bar.close()
+    finally:
+        if checkpointer:
+            checkpointer.close()
+    return state
+
+
+def _epoch_update(model, defense, state, images, labels, key, sweep):
+    feats = features(model, state.variables, images, sweep=sweep)
+    update = jax.jit(jax.vmap(defense.epoch_update, in_axes=(0, 0, None, None)) if sweep
+                     else defense.epoch_update)
+    return state._replace(defense_state=update(state.defense_state, feats, labels, key))

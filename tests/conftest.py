@@ -1,0 +1,31 @@
+"""Shared fixtures: where the real datasets are, and a session-wide tfds cache."""
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _shared_data_dir() -> pathlib.Path | None:
+    env = os.environ.get("MIJAX_DATA_DIR")
+    candidate = pathlib.Path(env) if env else REPO.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> pathlib.Path:
+    """The folder with the official dataset files (`../shared/data`); skips when absent."""
+    path = _shared_data_dir()
+    if path is None:
+        pytest.skip("real data not found: set MIJAX_DATA_DIR or place ../shared/data beside the repo")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tfds_cache(tmp_path_factory):
+    """Prepared tfds datasets go to one cache per test session unless MIJAX_TFDS_DIR is set."""
+    if "MIJAX_TFDS_DIR" not in os.environ:
+        os.environ["MIJAX_TFDS_DIR"] = str(tmp_path_factory.mktemp("tfds"))
+    yield
