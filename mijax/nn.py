@@ -91,22 +91,46 @@ def _torch_uniform(fan_in: int) -> Callable:
 torch_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+def conv_as_matmul(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0) -> jax.Array:
+    """A convolution as shifted slices + one matrix product (im2col), NHWC input, HWIO kernel.
+
+    XLA on CPU runs this much faster than `lax.conv` in two cases (see DESIGN.md): on tiny maps with
+    many channels, and under `vmap` over kernels (a sweep of models), where `lax.conv` becomes a
+    grouped convolution while this becomes a batched matrix product.
+    """
+    kh, kw, _, out = kernel.shape
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    h = (x.shape[1] - kh) // stride + 1
+    w = (x.shape[2] - kw) // stride + 1
+    columns = jnp.concatenate(
+        [x[:, i:i + stride * (h - 1) + 1:stride, j:j + stride * (w - 1) + 1:stride, :]
+         for i in range(kh) for j in range(kw)], axis=-1)
+    return columns @ kernel.reshape(-1, out)
+
+
 class Conv2d(nnx.Module):
-    """A 2-D convolution, NHWC, PyTorch-default initialised (kernel and bias)."""
+    """A 2-D convolution, NHWC, PyTorch-default initialised (kernel and bias).
+
+    `matmul=True` computes it with `conv_as_matmul` (same parameters, same result).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-                 padding: int | str = 0, use_bias: bool = True, kernel_init: Callable | None = None,
-                 bias_init: Callable | None = None, rngs: nnx.Rngs):
-        pad = padding if isinstance(padding, str) else [(padding, padding)] * 2
+                 padding: int = 0, use_bias: bool = True, kernel_init: Callable | None = None,
+                 bias_init: Callable | None = None, matmul: bool = False, rngs: nnx.Rngs):
         fan_in = in_channels * kernel_size * kernel_size
+        self.stride, self.padding, self.matmul = stride, padding, matmul
         self.conv = nnx.Conv(
-            in_channels, out_channels, (kernel_size, kernel_size), strides=stride, padding=pad,
-            use_bias=use_bias, kernel_init=kernel_init or torch_kernel_init,
-            bias_init=bias_init or _torch_uniform(fan_in), rngs=rngs,
+            in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
+            padding=[(padding, padding)] * 2, use_bias=use_bias,
+            kernel_init=kernel_init or torch_kernel_init, bias_init=bias_init or _torch_uniform(fan_in),
+            rngs=rngs,
         )
 
     def __call__(self, x, *, train=False, key=None):
-        return self.conv(x)
+        if not self.matmul:
+            return self.conv(x)
+        y = conv_as_matmul(x, self.conv.kernel[...], stride=self.stride, padding=self.padding)
+        return y if self.conv.bias is None else y + self.conv.bias[...]
 
 
 class Linear(nnx.Module):

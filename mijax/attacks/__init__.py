@@ -2,6 +2,6 @@
 
 from mijax.attacks.knowledge import BlackBox, QueryFree, WhiteBox
 from mijax.attacks.priors import total_variation
-from mijax.attacks.rmle import RMLEConfig, rmle
+from mijax.attacks.rmle import RMLEConfig, rmle, rmle_objective
 
-__all__ = ["BlackBox", "QueryFree", "WhiteBox", "total_variation", "RMLEConfig", "rmle"]
+__all__ = ["BlackBox", "QueryFree", "WhiteBox", "total_variation", "RMLEConfig", "rmle", "rmle_objective"]

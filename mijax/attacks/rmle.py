@@ -75,6 +75,31 @@ def _optimizer(config: RMLEConfig) -> optax.GradientTransformation:
     return optax.adam(config.learning_rate, eps=config.eps)
 
 
+def _space(knowledge: WhiteBox, config: RMLEConfig):
+    """Maps between the optimised variable u and pixels."""
+    if config.space == "normalized":
+        return knowledge.normalization.denormalize, knowledge.normalization.normalize
+    return (lambda u: u), (lambda x: x)
+
+
+def rmle_objective(knowledge: WhiteBox, u: jax.Array, z_observed: jax.Array, *,
+                   config: RMLEConfig) -> jax.Array:
+    """The per-image rMLE objective at the optimised variable `u` (He et al. ACSAC 2019, Eq. 3).
+
+    feature term (mean or sum of (f(x(u)) − z̃)²) + λ_TV·TV(u) + λ_l2·mean(u²), where x(u) is the
+    de-normalised image in "normalized" space and u itself in "pixel" space.
+
+    Returns:
+        `[batch]` values.
+    """
+    to_pixels, _ = _space(knowledge, config)
+    batch = u.shape[0]
+    diff = (knowledge.edge(to_pixels(u)) - z_observed).reshape(batch, -1)
+    feature = jnp.mean(diff ** 2, -1) if config.feature_loss == "mean" else jnp.sum(diff ** 2, -1)
+    prior = config.tv_weight * total_variation(u, variant=config.tv)
+    return feature + prior + config.l2_weight * jnp.mean(u.reshape(batch, -1) ** 2, -1)
+
+
 def rmle(knowledge: WhiteBox, z_observed: jax.Array, *, config: RMLEConfig = RMLEConfig(),
          key: jax.Array | None = None, x_init: jax.Array | None = None,
          return_loss: bool = False):
@@ -107,20 +132,12 @@ def rmle(knowledge: WhiteBox, z_observed: jax.Array, *, config: RMLEConfig = RML
     if expected.shape != z_observed.shape:
         raise ValueError(f"expected z_observed of shape {expected.shape} (the edge's output for "
                          f"{batch} images), got {z_observed.shape}")
-    norm = knowledge.normalization
-    if config.space == "normalized":
-        to_pixels = norm.denormalize
-        u0 = jnp.zeros(shape) if x_init is None else norm.normalize(x_init)
+    to_pixels, from_pixels = _space(knowledge, config)
+    if x_init is None:
+        u0 = jnp.zeros(shape) if config.space == "normalized" else jnp.full(shape, 0.5)
     else:
-        to_pixels = lambda u: u
-        u0 = jnp.full(shape, 0.5) if x_init is None else jnp.asarray(x_init)
-
-    def objective(u):
-        diff = (knowledge.edge(to_pixels(u)) - z_observed).reshape(batch, -1)
-        feature = jnp.mean(diff ** 2, -1) if config.feature_loss == "mean" else jnp.sum(diff ** 2, -1)
-        prior = config.tv_weight * total_variation(u, variant=config.tv)
-        prior += config.l2_weight * jnp.mean(u.reshape(batch, -1) ** 2, -1)
-        return feature + prior
+        u0 = from_pixels(jnp.asarray(x_init))
+    objective = lambda u: rmle_objective(knowledge, u, z_observed, config=config)
 
     optimizer = _optimizer(config)
 

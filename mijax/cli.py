@@ -1,0 +1,73 @@
+"""The `mijax` command: `mijax demo`, `mijax run EXPERIMENT`, `mijax list`.
+
+It only parses arguments and calls `experiments.<name>.run(config, workdir)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mijax", description="Model inversion attacks and defenses "
+                                     "for split inference (JAX).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("demo", "the main job on the embedded digits data (no download)"),
+                            ("run", "run an experiment")):
+        sub = commands.add_parser(name, help=help_text)
+        if name == "run":
+            sub.add_argument("experiment", help="experiment name (see `mijax list`)")
+        sub.add_argument("--preset", default="default", help="named config (see `mijax list`)")
+        sub.add_argument("--workdir", type=pathlib.Path, default=None,
+                         help="output folder; a rerun resumes from its checkpoints "
+                              "(default: ./mijax-runs/EXPERIMENT-PRESET)")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config field (repeatable); tuples as comma-separated values")
+        sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    commands.add_parser("list", help="list experiments and their presets")
+    return parser
+
+
+def _list() -> None:
+    import experiments
+
+    for name in sorted(experiments.EXPERIMENTS):
+        module = experiments.get(name)
+        summary = (module.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:10s} {summary}\n{'':10s} presets: {', '.join(module.PRESETS)}")
+
+
+def _run(name: str, args) -> None:
+    import experiments
+    from experiments import common
+    from mijax import report
+
+    try:
+        module = experiments.get(name)
+        config = common.override(module.get_config(args.preset), args.overrides)
+    except ValueError as error:
+        raise SystemExit(f"mijax: error: {error}")
+    workdir = args.workdir or pathlib.Path("mijax-runs") / f"{name}-{args.preset}"
+    results = module.run(config, workdir, progress=not args.no_progress)
+    rows = results.get("rows", [])
+    if rows:
+        print(report.format_table(rows))
+    print(f"\nreport written to {workdir.resolve()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            _list()
+        else:
+            _run("demo" if args.command == "demo" else args.experiment, args)
+    except FileNotFoundError as error:  # missing dataset files: the message says where to put them
+        raise SystemExit(f"mijax: error: {error}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mijax import defenses
+
+KEY = jax.random.key(0)
+Z = jax.random.uniform(jax.random.key(1), (64, 8, 8, 4))
+
+
+def _apply(defense, z=Z, key=KEY, state=None):
+    return defense.feature_transform(defense.init() if state is None else state, z, key, train=False)
+
+
+def test_gaussian_noise_statistics():
+    noise = np.asarray(_apply(defenses.gaussian_noise(sigma=0.3)) - Z)
+    assert abs(noise.mean()) < 0.01 and abs(noise.std() - 0.3) < 0.01
+    np.testing.assert_array_equal(_apply(defenses.gaussian_noise(sigma=0.0)), Z)
+
+
+def test_laplace_noise_statistics():
+    noise = np.asarray(_apply(defenses.laplace_noise(scale=0.5)) - Z)
+    assert abs(np.median(noise)) < 0.02 and abs(np.mean(np.abs(noise)) - 0.5) < 0.02  # E|ε| = b
+
+
+def test_input_noise_changes_images_not_features():
+    defense = defenses.gaussian_noise(sigma=0.1, on="input")
+    assert defense.feature_transform is None and defense.input_transform is not None
+
+
+def test_dropout_without_and_with_rescale():
+    dropped = np.asarray(_apply(defenses.dropout(rate=0.25)))
+    kept = dropped != 0
+    assert abs(kept.mean() - 0.75) < 0.02
+    np.testing.assert_array_equal(dropped[kept], np.asarray(Z)[kept])  # He et al.: no rescaling
+    rescaled = np.asarray(_apply(defenses.dropout(rate=0.25, rescale=True)))
+    np.testing.assert_allclose(rescaled[kept], np.asarray(Z)[kept] / 0.75, rtol=1e-6)
+
+
+def test_topk_matches_numpy():
+    z = np.asarray(jax.random.normal(jax.random.key(3), (4, 3, 3, 2)))
+    out = np.asarray(_apply(defenses.topk(prune_ratio=0.5), z=z))
+    flat, ref = z.reshape(4, -1), z.reshape(4, -1).copy()
+    for i in range(4):
+        ref[i, np.argsort(np.abs(flat[i]))[:9]] = 0
+    np.testing.assert_array_equal(out.reshape(4, -1), ref)
+    batch = np.asarray(_apply(defenses.topk(prune_ratio=0.25, reference_compatible=True), z=z)).ravel()
+    expected = z.ravel().copy()
+    expected[np.argsort(z.ravel())[:18]] = 0  # smallest signed values over the whole batch
+    np.testing.assert_array_equal(batch, expected)
+
+
+@pytest.mark.parametrize("make,arg,bad", [
+    (defenses.gaussian_noise, "sigma", -0.1), (defenses.laplace_noise, "scale", -1.0),
+    (defenses.dropout, "rate", 1.0), (defenses.dropout, "rate", -0.5), (defenses.topk, "prune_ratio", 1.5),
+])
+def test_bad_settings_name_the_argument(make, arg, bad):
+    with pytest.raises(ValueError, match=f"expected {arg}"):
+        make(bad)
+
+
+def test_unknown_place():
+    with pytest.raises(ValueError, match="expected on"):
+        defenses.gaussian_noise(0.1, on="weights")
+
+
+def test_chain_applies_in_order_and_adds_losses():
+    loss_a = defenses.Defense(loss=lambda s, inputs: jnp.ones(3))
+    loss_b = defenses.Defense(init=lambda: {"w": 2.0}, loss=lambda s, inputs: s["w"] * jnp.ones(3))
+    chained = defenses.chain(defenses.dropout(rate=0.5), defenses.gaussian_noise(sigma=0.0), loss_a, loss_b)
+    state = chained.init()
+    out = chained.feature_transform(state, Z, KEY, train=True)
+    assert float(jnp.mean(out == 0)) > 0.4
+    np.testing.assert_allclose(chained.loss(state, None), 3 * np.ones(3))
+    assert chained.input_transform is None and chained.update is None
+
+
+def test_sigma_sweep_traces_once_and_equals_a_loop():
+    sigmas = [0.0, 0.1, 0.5, 1.0, 2.0]
+    defense = defenses.gaussian_noise(sigma=0.0)
+    states = defenses.stack([defenses.gaussian_noise(sigma=s).init() for s in sigmas])
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def transform(state):
+        return defense.feature_transform(state, Z, KEY, train=True)
+
+    swept = jax.vmap(transform)(states)
+    looped = [defenses.gaussian_noise(sigma=s).feature_transform({"sigma": jnp.float32(s)}, Z, KEY, train=True)
+              for s in sigmas]
+    np.testing.assert_allclose(swept, np.stack(looped), rtol=1e-6, atol=1e-6)
+    chex.clear_trace_counter()

@@ -1,0 +1,78 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mijax import data, defenses
+from mijax.models import digits_cnn
+from mijax.train import evaluate, fit
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train = data.load("digits", "train")
+    test = data.load("digits", "test")
+    resize = lambda x: np.clip(np.asarray(data.resize(x, (16, 16))), 0, 1)
+    return resize(train.images), train.labels, resize(test.images), test.labels
+
+
+def _fit(digits, **kw):
+    x, y, _, _ = digits
+    settings = dict(optimizer=optax.adam(2e-3), epochs=2, batch_size=64, key=jax.random.key(0), progress=False)
+    return fit(digits_cnn(image_size=16), x[:512], y[:512], **{**settings, **kw})
+
+
+def test_learns_digits(digits):
+    x, y, test_x, test_y = digits
+    model = digits_cnn(image_size=16)
+    state = fit(model, x, y, optimizer=optax.adam(2e-3), epochs=4, batch_size=64, key=jax.random.key(0),
+                progress=False)
+    assert evaluate(model, state.variables, test_x, test_y, key=jax.random.key(1)) > 0.85
+
+
+def test_kill_and_resume_gives_the_uninterrupted_result(digits, tmp_path):
+    noise = defenses.gaussian_noise(sigma=0.2)
+    uninterrupted = _fit(digits, defense=noise)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_checkpoint(step, state):
+        if step == 11:  # a checkpoint was written at step 8 (epoch end); steps 9-11 are lost
+            raise Killed
+
+    with pytest.raises(Killed):
+        _fit(digits, defense=noise, workdir=tmp_path, checkpoint_every=4, callback=kill_after_checkpoint)
+    resumed = _fit(digits, defense=noise, workdir=tmp_path, checkpoint_every=4)
+    assert int(resumed.step) == int(uninterrupted.step) == 16
+    chex.assert_trees_all_close(resumed.variables, uninterrupted.variables, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(resumed.opt_state, uninterrupted.opt_state, rtol=1e-6, atol=1e-7)
+
+
+def test_sigma_sweep_compiles_once_and_equals_a_python_loop(digits):
+    sigmas = (0.0, 0.3, 1.0)
+    defense = defenses.gaussian_noise(sigma=0.0)
+    states = defenses.stack([defenses.gaussian_noise(sigma=s).init() for s in sigmas])
+    traces = []
+    counting = defenses.Defense(init=defense.init,
+                                feature_transform=lambda *a, **k: (traces.append(1), defense.feature_transform(*a, **k))[1])
+    swept = _fit(digits, defense=counting, defense_state=states, sweep=True)
+    assert len(traces) == 1  # one trace of the step for all three σ
+    for i, sigma in enumerate(sigmas):
+        single = _fit(digits, defense=defenses.gaussian_noise(sigma=sigma))
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], swept.variables), single.variables,
+                                    rtol=2e-4, atol=2e-5)
+
+
+def test_bad_input(digits):
+    x, y, _, _ = digits
+    model = digits_cnn(image_size=16)
+    kw = dict(optimizer=optax.adam(1e-3), epochs=1, batch_size=8, key=jax.random.key(0), progress=False)
+    with pytest.raises(ValueError, match=r"expected labels of shape \[10\]"):
+        fit(model, x[:10], y[:9], **kw)
+    with pytest.raises(ValueError, match=r"expected x of shape \[batch, 16, 16, 1\]"):
+        fit(model, x[:10, :8], y[:10], **kw)
+    with pytest.raises(ValueError, match="expected batch_size"):
+        fit(model, x[:10], y[:10], **{**kw, "batch_size": 11})
