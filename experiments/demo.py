@@ -37,7 +37,7 @@ class Config:
     image_size: int = 32
     cut: str = "sigmoid"
     sigmas: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
-    epochs: int = 15
+    epochs: int = 12
     batch_size: int = 64
     learning_rate: float = 2e-3
     attack_images: int = 20

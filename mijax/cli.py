@@ -44,12 +44,13 @@ def _run(name: str, args) -> None:
     from experiments import common
     from mijax import report
 
+    workdir = args.workdir or pathlib.Path("mijax-runs") / f"{name}-{args.preset}"
     try:
         module = experiments.get(name)
         config = common.override(module.get_config(args.preset), args.overrides)
+        common.guard_workdir(workdir, config)
     except ValueError as error:
         raise SystemExit(f"mijax: error: {error}")
-    workdir = args.workdir or pathlib.Path("mijax-runs") / f"{name}-{args.preset}"
     results = module.run(config, workdir, progress=not args.no_progress)
     rows = results.get("rows", [])
     if rows:

@@ -58,6 +58,8 @@ def make_train_step(model: SplitModel, optimizer: optax.GradientTransformation,
                     augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None):
     """Builds `step(state, images, labels, key) -> (state, metrics)` (pure; jit or vmap it).
 
+    `key` is the step's own key (`fit_loop` folds the step number in).
+
     Args:
         model: the split model.
         optimizer: an optax transformation over `variables["params"]`.
@@ -67,7 +69,6 @@ def make_train_step(model: SplitModel, optimizer: optax.GradientTransformation,
     defense = defense or identity()
 
     def step(state: TrainState, images, labels, key):
-        key = jax.random.fold_in(key, state.step)
         augment_key, transmit_key, cloud_key, update_key = jax.random.split(key, 4)
         if augment is not None:
             images = augment(augment_key, images)
@@ -145,16 +146,75 @@ def features(model: SplitModel, variables: Variables, images, *, batch_size: int
                            for s in range(0, len(images), batch_size)], axis=axis)
 
 
+def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epochs: int,
+             batch_size: int, key: jax.Array, workdir: str | pathlib.Path | None = None,
+             checkpoint_every: int | None = None, epoch_end: Callable[[Any, int], Any] | None = None,
+             callback: Callable[[int, Any], None] | None = None, progress: bool = True,
+             description: str = "train") -> Any:
+    """The generic training loop: batches, per-step keys, progress bar, checkpoints and resume.
+
+    Batches are drawn without replacement from a permutation per epoch derived from `key`, and step
+    `t` gets the key `fold_in(key, t)`, so a run that resumes from a checkpoint ends exactly where an
+    uninterrupted run ends. Used by `fit` and by the learned attacks (decoders, shadow models).
+
+    Args:
+        step: jit-compiled `step(state, *batch, key) -> (state, metrics)`.
+        state: the initial state (replaced by the latest checkpoint in `workdir` if there is one).
+        arrays: host arrays with a common leading axis, batched together.
+        epochs: passes over the data (the last partial batch of each epoch is dropped).
+        batch_size: examples per step.
+        key: PRNG key for the data order and the steps.
+        workdir: checkpoints go to `workdir/checkpoints`; None disables checkpointing.
+        checkpoint_every: steps between checkpoints (default: once per epoch).
+        epoch_end: `epoch_end(state, epoch) -> state` after each epoch (before its checkpoint).
+        callback: `callback(step, state)` after every step.
+        progress: show a progress bar.
+        description: the progress bar's label.
+
+    Returns:
+        The final state.
+    """
+    num = len(arrays[0])
+    if not 0 < batch_size <= num:
+        raise ValueError(f"expected batch_size in [1, {num}], got {batch_size}")
+    order_key, step_key = jax.random.split(key)
+    steps_per_epoch = num // batch_size
+    total = epochs * steps_per_epoch
+    checkpoint_every = checkpoint_every or steps_per_epoch
+    checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints") if workdir else None
+    start = 0
+    if checkpointer and checkpointer.latest_step() is not None:
+        start = checkpointer.latest_step()
+        state = checkpointer.restore(state)
+    bar = tqdm(total=total, initial=start, desc=description, disable=not progress, leave=False)
+    try:
+        for t in range(start, total):
+            epoch, index = divmod(t, steps_per_epoch)
+            order = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, epoch), num))
+            batch = order[index * batch_size:(index + 1) * batch_size]
+            state, metrics = step(state, *(a[batch] for a in arrays), jax.random.fold_in(step_key, t))
+            if epoch_end is not None and index == steps_per_epoch - 1:
+                state = epoch_end(state, epoch)
+            if callback is not None:
+                callback(t + 1, state)
+            if checkpointer and ((t + 1) % checkpoint_every == 0 or t + 1 == total):
+                checkpointer.save(t + 1, state)
+            bar.update()
+            if t % 10 == 0 or t + 1 == total:
+                bar.set_postfix({k: f"{float(np.mean(v)):.3f}" for k, v in metrics.items()})
+    finally:
+        bar.close()
+        if checkpointer:
+            checkpointer.close()
+    return state
+
+
 def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransformation, epochs: int,
         batch_size: int, key: jax.Array, defense: Defense | None = None, defense_state: Any = None,
         sweep: bool = False, augment: Callable | None = None, workdir: str | pathlib.Path | None = None,
         checkpoint_every: int | None = None, callback: Callable[[int, TrainState], None] | None = None,
         progress: bool = True, description: str = "train") -> TrainState:
-    """Trains `model` on `(images, labels)`; checkpoints to `workdir` and resumes from it on rerun.
-
-    Batches are drawn without replacement from a permutation per epoch derived from `key`, and each
-    step's randomness from `fold_in(key, step)`, so an interrupted run that resumes from a checkpoint
-    ends with exactly the parameters of an uninterrupted one.
+    """Trains a split model with a defense; checkpoints to `workdir` and resumes from it on rerun.
 
     Args:
         model: the split model.
@@ -170,11 +230,7 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
         sweep: train one model per entry of the stacked `defense_state`, vmapped, all from the same
             initialisation and data order.
         augment: `augment(key, images) -> images` applied inside the step.
-        workdir: where checkpoints go (`workdir/checkpoints`); None disables checkpointing.
-        checkpoint_every: steps between checkpoints (default: once per epoch).
-        callback: `callback(step, state)` after every step (e.g. for logging).
-        progress: show a progress bar.
-        description: the progress bar's label.
+        workdir, checkpoint_every, callback, progress, description: see `fit_loop`.
 
     Returns:
         The final `TrainState`.
@@ -186,53 +242,26 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
     model.check_images(images)
     if labels.shape != (images.shape[0],):
         raise ValueError(f"expected labels of shape [{images.shape[0]}] matching images, got {labels.shape}")
-    if not 0 < batch_size <= len(images):
-        raise ValueError(f"expected batch_size in [1, {len(images)}], got {batch_size}")
     defense = defense or identity()
     if defense_state is None:
         defense_state = defense.init()
-    init_key, order_key, step_key, epoch_key = jax.random.split(key, 4)
+    init_key, loop_key, epoch_key = jax.random.split(key, 3)
 
     def init(defense_state):
         return init_train_state(model, optimizer, init_key, defense_state)
 
-    step_fn = make_train_step(model, optimizer, defense, augment=augment)
+    step = make_train_step(model, optimizer, defense, augment=augment)
     if sweep:
-        init, step_fn = jax.vmap(init), jax.vmap(step_fn, in_axes=(0, None, None, None))
-    state = jax.jit(init)(defense_state)
-    step_fn = jax.jit(step_fn, donate_argnums=0)
-
-    steps_per_epoch = len(images) // batch_size
-    total = epochs * steps_per_epoch
-    checkpoint_every = checkpoint_every or steps_per_epoch
-    checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints") if workdir else None
-    start = 0
-    if checkpointer and checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state)
-        start = checkpointer.latest_step()
-    try:
-        bar = tqdm(total=total, initial=start, desc=description, disable=not progress, leave=False)
-        for step in range(start, total):
-            epoch, index = divmod(step, steps_per_epoch)
-            order = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, epoch), len(images)))
-            batch = order[index * batch_size:(index + 1) * batch_size]
-            state, metrics = step_fn(state, images[batch], labels[batch], step_key)
-            if defense.epoch_update is not None and index == steps_per_epoch - 1:
-                state = _epoch_update(model, defense, state, images, labels,
-                                      jax.random.fold_in(epoch_key, epoch), sweep)
-            if callback is not None:
-                callback(step + 1, state)
-            if checkpointer and ((step + 1) % checkpoint_every == 0 or step + 1 == total):
-                checkpointer.save(step + 1, state)
-            bar.update()
-            if step % 10 == 0 or step + 1 == total:
-                bar.set_postfix({k: f"{float(np.mean(v)):.3f}" for k, v in metrics.items()
-                                 if k in ("loss", "accuracy")})
-        bar.close()
-    finally:
-        if checkpointer:
-            checkpointer.close()
-    return state
+        init, step = jax.vmap(init), jax.vmap(step, in_axes=(0, None, None, None))
+    epoch_end = None
+    if defense.epoch_update is not None:
+        def epoch_end(state, epoch):
+            return _epoch_update(model, defense, state, images, labels,
+                                 jax.random.fold_in(epoch_key, epoch), sweep)
+    return fit_loop(jax.jit(step, donate_argnums=0), jax.jit(init)(defense_state), (images, labels),
+                    epochs=epochs, batch_size=batch_size, key=loop_key, workdir=workdir,
+                    checkpoint_every=checkpoint_every, epoch_end=epoch_end, callback=callback,
+                    progress=progress, description=description)
 
 
 def _epoch_update(model, defense, state, images, labels, key, sweep):

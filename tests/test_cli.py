@@ -1,0 +1,48 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mijax import cli
+
+FILES = ("results.json", "results.csv", "config.json", "reconstructions.png", "privacy_utility.png")
+
+
+def test_demo_tiny_preset_writes_every_report_file(tmp_path, capsys):
+    assert cli.main(["demo", "--preset", "tiny", "--workdir", str(tmp_path), "--no-progress",
+                     "--set", "sigmas=0,0.5"]) == 0
+    for name in FILES:
+        assert (tmp_path / name).stat().st_size > 0, name
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["sigma"] for r in rows] == [0.0, 0.5]
+    assert all(0 <= r["accuracy"] <= 1 and -1 <= r["ssim"] <= 1 for r in rows)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["config"]["sigmas"] == [0.0, 0.5] and "jax" in config["versions"]
+    out = capsys.readouterr().out
+    assert "sigma" in out and "ssim" in out and str(tmp_path) in out
+    # a rerun resumes from the checkpoints instead of training again
+    assert cli.main(["demo", "--preset", "tiny", "--workdir", str(tmp_path), "--no-progress",
+                     "--set", "sigmas=0,0.5"]) == 0
+    # another config in the same workdir is refused
+    with pytest.raises(SystemExit, match="different config"):
+        cli.main(["demo", "--preset", "tiny", "--workdir", str(tmp_path), "--set", "sigmas=0,1"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "nope"], "unknown experiment 'nope'; valid: demo"),
+    (["demo", "--preset", "huge"], "unknown preset 'huge'; valid: default, tiny"),
+    (["demo", "--set", "epoch=3"], "unknown key 'epoch'; valid keys: seed, "),
+    (["demo", "--set", "epochs=three"], "bad value for epochs: expected int, got 'three'"),
+    (["demo", "--set", "sigmas=0,x"], "bad value for sigmas"),
+    (["demo", "--set", "epochs"], "expected key=value"),
+])
+def test_bad_arguments_give_one_line_errors(argv, message):
+    with pytest.raises(SystemExit) as error:
+        cli.main(argv)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_list_and_console_script():
+    result = subprocess.run([sys.executable, "-m", "mijax.cli", "list"], capture_output=True, text=True, check=True)
+    assert "demo" in result.stdout and "presets: default, tiny" in result.stdout
