@@ -8,6 +8,7 @@ from types import ModuleType
 
 EXPERIMENTS = {
     "demo": "experiments.demo",
+    "he2019": "experiments.he2019",
 }
 
 

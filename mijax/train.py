@@ -100,10 +100,14 @@ def make_train_step(model: SplitModel, optimizer: optax.GradientTransformation,
 
 def predict(model: SplitModel, variables: Variables, images, *, defense: Defense | None = None,
             defense_state: Any = (), key: jax.Array, batch_size: int = 256,
-            sweep: bool = False) -> np.ndarray:
+            sweep: bool | str = False) -> np.ndarray:
     """Logits `g(T(f(x)))` in eval mode for all `images` ([num_models, N, classes] if `sweep`).
 
     The defense is active as deployed: fresh noise per batch from `key`.
+
+    Args:
+        sweep: False; True (or "all") when `variables` and `defense_state` carry a leading model
+            axis; "defense" when only `defense_state` does (one model, many defense settings).
     """
     defense = defense or identity()
 
@@ -111,8 +115,10 @@ def predict(model: SplitModel, variables: Variables, images, *, defense: Defense
         _, _, z_tilde, _ = transmit(model, defense, defense_state, variables, x, key, train=False)
         return model.cloud_apply(variables, z_tilde)[0]
 
+    if sweep not in (False, True, "all", "defense"):
+        raise ValueError(f"expected sweep in (False, True, 'all', 'defense'), got {sweep!r}")
     if sweep:
-        logits_fn = jax.vmap(logits_fn, in_axes=(0, 0, None, None))
+        logits_fn = jax.vmap(logits_fn, in_axes=(None if sweep == "defense" else 0, 0, None, None))
     logits_fn = jax.jit(logits_fn)
     images = np.asarray(images)
     outputs = []
@@ -128,8 +134,8 @@ def predict(model: SplitModel, variables: Variables, images, *, defense: Defense
 
 def evaluate(model: SplitModel, variables: Variables, images, labels, *, defense: Defense | None = None,
              defense_state: Any = (), key: jax.Array, batch_size: int = 256,
-             sweep: bool = False) -> np.ndarray:
-    """Top-1 accuracy of the deployed pipeline (a scalar, or `[num_models]` if `sweep`)."""
+             sweep: bool | str = False) -> np.ndarray:
+    """Top-1 accuracy of the deployed pipeline (a scalar, or `[num_models]` if `sweep`; see `predict`)."""
     logits = predict(model, variables, images, defense=defense, defense_state=defense_state, key=key,
                      batch_size=batch_size, sweep=sweep)
     return np.mean(np.argmax(logits, -1) == np.asarray(labels), axis=-1)
