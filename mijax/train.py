@@ -248,6 +248,8 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
     model.check_images(images)
     if labels.shape != (images.shape[0],):
         raise ValueError(f"expected labels of shape [{images.shape[0]}] matching images, got {labels.shape}")
+    if images.size and (images.min() < 0 or images.max() > 1):
+        raise ValueError(f"expected images in [0, 1], got values in [{images.min():.3g}, {images.max():.3g}]")
     defense = defense or identity()
     if defense_state is None:
         defense_state = defense.init()

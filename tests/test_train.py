@@ -76,5 +76,7 @@ def test_bad_input(digits):
         fit(model, x[:10], y[:9], **kw)
     with pytest.raises(ValueError, match=r"expected x of shape \[batch, 16, 16, 1\]"):
         fit(model, x[:10, :8], y[:10], **kw)
+    with pytest.raises(ValueError, match=r"expected images in \[0, 1\]"):
+        fit(model, x[:10] * 255, y[:10], **kw)
     with pytest.raises(ValueError, match="expected batch_size"):
         fit(model, x[:10], y[:10], **{**kw, "batch_size": 11})
