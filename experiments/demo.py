@@ -16,6 +16,7 @@ grows the attack's SSIM falls, and so does accuracy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import time
 
@@ -89,12 +90,12 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
                                tv_weight=config.attack_tv_weight)
 
     @jax.jit
-    @jax.vmap
-    def attack(variables, noise_state):
-        _, _, z_tilde, _ = transmit(model, defense, noise_state, variables, targets, attack_key, train=False)
+    @functools.partial(jax.vmap, in_axes=(0, 0, None, None))
+    def attack(variables, noise_state, targets, key):  # arguments, not closures: no constant folding
+        _, _, z_tilde, _ = transmit(model, defense, noise_state, variables, targets, key, train=False)
         return rmle(WhiteBox.from_model(model, variables), z_tilde, config=attack_config)
 
-    x_hat = np.asarray(attack(state.variables, noise_states))
+    x_hat = np.asarray(attack(state.variables, noise_states, targets, attack_key))
     rows = []
     for i, sigma in enumerate(config.sigmas):
         scores = metrics.reconstruction_metrics(x_hat[i], np.asarray(targets))

@@ -22,6 +22,7 @@ queries; dropout and noise lower attack SSIM at a measured accuracy cost.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import time
 from typing import Callable, NamedTuple
@@ -141,7 +142,9 @@ def _whitebox(name, model, variables, targets, config, grids):
         attack_config = RMLEConfig(num_steps=config.whitebox_steps, learning_rate=config.whitebox_learning_rate,
                                    tv_weight=TARGETS[name].tv_weights[cut])
         z, _ = cut_model.edge_apply(variables, targets)
-        x_hat = jax.jit(lambda z: rmle(WhiteBox.from_model(cut_model, variables), z, config=attack_config))(z)
+        # weights as arguments, not closure constants, or XLA constant-folds the convolutions
+        attack = jax.jit(lambda v, z: rmle(WhiteBox.from_model(cut_model, v), z, config=attack_config))
+        x_hat = attack(variables, z)
         grids[f"{name} white-box"][cut] = np.asarray(x_hat)
         published_psnr, published_ssim = PUBLISHED_WHITEBOX[(name, cut)]
         rows.append({"table": "ACSAC Table 3 (white-box rMLE)", "dataset": name, "cut": cut, "setting": "",
@@ -162,7 +165,6 @@ def _defense_curves(name, model, variables, test, targets, config, key):
                        lambda v: defenses.gaussian_noise(v, on="input")))
     attack_config = RMLEConfig(num_steps=config.defense_steps, learning_rate=config.whitebox_learning_rate,
                                tv_weight=TARGETS[name].tv_weights.get(cut, 0.0))
-    knowledge = WhiteBox.from_model(cut_model, variables)
     rows = []
     for label, field, values, make in sweeps:
         defense = make(0.0)
@@ -171,12 +173,12 @@ def _defense_curves(name, model, variables, test, targets, config, key):
                             defense_state=states, key=key, sweep="defense")
 
         @jax.jit
-        @jax.vmap
-        def attack(state):
+        @functools.partial(jax.vmap, in_axes=(0, None, None, None))
+        def attack(state, variables, targets, key):
             _, _, z_tilde, _ = transmit(cut_model, defense, state, variables, targets, key, train=False)
-            return rmle(knowledge, z_tilde, config=attack_config)
+            return rmle(WhiteBox.from_model(cut_model, variables), z_tilde, config=attack_config)
 
-        x_hat = np.asarray(attack(states))
+        x_hat = np.asarray(attack(states, variables, targets, key))
         for i, value in enumerate(values):
             rows.append({"table": "IoT-J defenses (inference time)", "dataset": name, "cut": cut,
                          "setting": label, "parameter": field, "value": value,
