@@ -3,3 +3,8 @@
 from mijax.models.he2019 import cifar10cnn, digits_cnn, lenet
 
 __all__ = ["cifar10cnn", "digits_cnn", "lenet"]
+
+from mijax.models.resnet import resnet20_cem  # noqa: E402
+from mijax.models.vgg import vgg11_bn_sgm  # noqa: E402
+
+__all__ += ["resnet20_cem", "vgg11_bn_sgm"]

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mijax.data.transforms import CIFAR10, Normalization
+from mijax.models.decoders import ConvTranspose2d
 from mijax.nn import BatchNorm, Conv2d, Layer, Linear, Pure, Sequential, pure
 from mijax.split import SplitModel
 
@@ -42,39 +43,6 @@ zeros = nnx.initializers.zeros_init()
 
 
 # --- layers ------------------------------------------------------------------------------------------
-
-
-def _torch_bias(fan_in: int):
-    bound = 1.0 / math.sqrt(fan_in)
-    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-class ConvTranspose2d(nnx.Module):
-    """PyTorch's `ConvTranspose2d(in, out, k, stride, padding, output_padding)`, NHWC, PyTorch init.
-
-    The kernel is stored `[k, k, in, out]` (kernel[i, j, c, o] = torch weight[c, o, i, j]); the output
-    side is `(H − 1)·stride − 2·padding + k + output_padding`. Computed as a convolution of the
-    stride-dilated input with the flipped kernel. PyTorch initialises both kernel and bias uniformly
-    in ±1/√(out·k·k) (its fan-in is taken from the weight's second axis).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-                 padding: int = 0, output_padding: int = 0, rngs: nnx.Rngs):
-        fan = out_channels * kernel_size * kernel_size
-        self.stride, self.padding, self.output_padding = stride, padding, output_padding
-        self.kernel = nnx.Param(_torch_bias(fan)(rngs.params(), (kernel_size, kernel_size, in_channels,
-                                                                  out_channels)))
-        self.bias = nnx.Param(_torch_bias(fan)(rngs.params(), (out_channels,)))
-
-    def __call__(self, x, *, train=False, key=None):
-        kernel = self.kernel[...]
-        k = kernel.shape[0]
-        low = k - 1 - self.padding
-        pad = (low, low + self.output_padding)
-        y = jax.lax.conv_general_dilated(
-            x, kernel[::-1, ::-1], (1, 1), (pad, pad), lhs_dilation=(self.stride, self.stride),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + self.bias[...]
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -266,7 +234,7 @@ def vgg11_bn_sgm(*, cut: int | str = 4, num_classes: int = 10, image_size: int =
         image_size: input height and width (32, 48, 64; >= 32).
         bottleneck_channels: channels of z (`C8`).
         bottleneck_stride: `S1`; a power of two ≥ 2 gives strided client convolutions and server
-            transposed convolutions (PyTorch semantics; slow under XLA on CPU).
+            transposed convolutions (PyTorch semantics, `mijax.models.decoders.ConvTranspose2d`).
         bottleneck_kernel: `K<k>` (odd; stride 1 only, as in the reference).
         bottleneck_relu: ReLU after the bottleneck and the expansion (the reference's default
             without `noRELU`; CEM uses `noRELU`).
