@@ -8,3 +8,8 @@ from mijax.models.resnet import resnet20_cem  # noqa: E402
 from mijax.models.vgg import vgg11_bn_sgm  # noqa: E402
 
 __all__ += ["resnet20_cem", "vgg11_bn_sgm"]
+
+from mijax.models.critics import dgwgan32  # noqa: E402
+from mijax.models.resnet_decoder import res_norm_decoder  # noqa: E402
+
+__all__ += ["dgwgan32", "res_norm_decoder"]
