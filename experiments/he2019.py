@@ -103,9 +103,9 @@ class Config:
 
 PRESETS = {
     "paper": Config(),
-    "smoke": Config(train_size=10000, epochs=2, lr_halving_epochs=1, whitebox_steps=500,
-                    whitebox_learning_rate=5e-2, defense_steps=300, sigmas=(0.0, 0.5, 1.0, 2.0, 4.0),
-                    laplace_scales=(0.0, 0.5, 1.0, 2.0), dropout_rates=(0.0, 0.3, 0.6, 0.9)),
+    "smoke": Config(train_size=5000, epochs=2, batch_size=64, lr_halving_epochs=1, whitebox_steps=300,
+                    whitebox_learning_rate=5e-2, defense_steps=150, sigmas=(0.0, 1.0, 2.0, 4.0),
+                    laplace_scales=(0.0, 1.0, 2.0), dropout_rates=(0.0, 0.3, 0.6, 0.9)),
     "tiny": Config(datasets=("mnist",), train_size=512, epochs=1, lr_halving_epochs=1, whitebox_steps=10,
                    defense_cuts=("relu2",), defense_steps=5, sigmas=(0.0, 1.0), laplace_scales=(0.0, 1.0),
                    dropout_rates=(0.0, 0.5), input_noise=False),
@@ -193,7 +193,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     report.write_config(workdir, config, seed=config.seed)
     started = time.perf_counter()
     key = jax.random.key(config.seed)
-    rows, grids, accuracies, evaluated = [], {}, {}, {}
+    rows, grids, accuracies, evaluated, timings = [], {}, {}, {}, {}
     for d, name in enumerate(config.datasets):
         if name not in TARGETS:
             raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(TARGETS)}")
@@ -201,15 +201,21 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
         split = "train" if config.train_size == 0 else f"train[:{config.train_size}]"
         train, test = data.load(name, split), data.load(name, "test")
         model = TARGETS[name].model(cut=TARGETS[name].cuts[0])
+        phase = time.perf_counter()
         state = _train_target(name, model, train, config, train_key, workdir / name / "target", progress)
         variables = state.variables
+        timings[f"{name} target training"] = round(time.perf_counter() - phase, 1)
         accuracies[name] = float(evaluate(model, variables, test.images, test.labels, key=defense_key))
         eval_index = data.eval_subset_one_per_class(test)
         targets = test.images[eval_index]
         evaluated[name] = f"{name} test images {eval_index.tolist()} (first of each class)"
         grids[f"{name} white-box"] = {}
+        phase = time.perf_counter()
         rows += _whitebox(name, model, variables, targets, config, grids)
+        timings[f"{name} white-box"] = round(time.perf_counter() - phase, 1)
+        phase = time.perf_counter()
         rows += _defense_curves(name, model, variables, test, targets, config, defense_key)
+        timings[f"{name} defense curves"] = round(time.perf_counter() - phase, 1)
         for title, recon in ((t, g) for t, g in grids.items() if t.startswith(name)):
             report.reconstruction_grid(workdir / f"{title.replace(' ', '_')}.png", targets,
                                        recon, title=f"{title} reconstructions per cut")
@@ -222,7 +228,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     extra = {"target_accuracy": accuracies, "evaluated_images": evaluated,
              "ssim": "he2019 compatibility mode (7x7 uniform window, data range of the reconstruction); "
                      "ssim_canonical: Gaussian 11x11 (None below 11 px)",
-             "seconds": round(time.perf_counter() - started, 1)}
+             "seconds": round(time.perf_counter() - started, 1), "seconds_per_phase": timings}
     report.write_results(workdir, rows, extra=extra)
     (workdir / "tables.md").write_text(tables_markdown(rows, extra))
     return {"rows": [r for r in rows if not r["table"].startswith("IoT-J")], **extra}
