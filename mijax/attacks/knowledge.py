@@ -38,10 +38,37 @@ class WhiteBox(NamedTuple):
 
 
 class BlackBox(NamedTuple):
-    """A query oracle `query(x) -> z̃` (the deployed edge, defense included); no weights."""
+    """A query oracle `query(x) -> z̃` (the deployed edge, defense included); no weights.
+
+    A stochastic oracle (a deployed noise defense) also accepts `query(x, key=k)` for its draws.
+    """
 
     query: Callable[[jax.Array], jax.Array]
     input_shape: tuple[int, int, int]
+
+    @classmethod
+    def from_model(cls, model: SplitModel, variables: Variables, *, defense=None,
+                   defense_state=None) -> BlackBox:
+        """The deployed edge as an oracle `query(x, key=None)`: eval mode, `defense` applied.
+
+        Only the edge's variables are closed over. A defense with random draws needs `key`.
+        """
+        from mijax.train import transmit  # a late import: train depends on nothing in attacks
+        from mijax.defenses.base import identity
+
+        edge_variables = model.edge_variables(variables)
+        defense = defense or identity()
+        state = defense.init() if defense_state is None else defense_state
+        stochastic = defense.feature_transform is not None or defense.input_transform is not None
+
+        def query(x, key=None):
+            if key is None:
+                if stochastic:
+                    raise ValueError("expected a key: the defended oracle draws noise per query")
+                key = jax.random.key(0)
+            return transmit(model, defense, state, edge_variables, x, key, train=False)[2]
+
+        return cls(query, model.input_shape)
 
 
 class QueryFree(NamedTuple):

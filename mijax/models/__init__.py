@@ -13,3 +13,7 @@ from mijax.models.critics import dgwgan32  # noqa: E402
 from mijax.models.resnet_decoder import res_norm_decoder  # noqa: E402
 
 __all__ += ["dgwgan32", "res_norm_decoder"]
+
+from mijax.models.decoders import decoder_for, he2019_decoder  # noqa: E402
+
+__all__ += ["decoder_for", "he2019_decoder"]
