@@ -231,6 +231,7 @@ def train_inverse_network(decoder: Pure, features, images, *,
                           config: InverseNetworkConfig = InverseNetworkConfig(), key: jax.Array,
                           transform: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
                           workdir: str | pathlib.Path | None = None, checkpoint_every: int | None = None,
+                          callback: Callable[[int, TrainState], None] | None = None,
                           progress: bool = True) -> TrainedDecoder:
     """Trains a decoder on (feature, image) pairs with MSE (He et al. ACSAC 2019 Eq. 4).
 
@@ -247,7 +248,7 @@ def train_inverse_network(decoder: Pure, features, images, *,
         key: PRNG key (initialisation, batch order, per-step keys).
         transform: optional `transform(z, key) -> z` applied to each batch's features inside the
             step, e.g. fresh Gaussian noise for a noise-aware decoder.
-        workdir, checkpoint_every, progress: see `mijax.train.fit_loop`.
+        workdir, checkpoint_every, callback, progress: see `mijax.train.fit_loop`.
 
     Returns:
         The `TrainedDecoder`.
@@ -310,7 +311,8 @@ def train_inverse_network(decoder: Pure, features, images, *,
 
     state = fit_loop(jax.jit(step, donate_argnums=0), init(), arrays, epochs=config.epochs,
                      batch_size=config.batch_size, key=loop_key, workdir=workdir,
-                     checkpoint_every=checkpoint_every, progress=progress, description="inverse network")
+                     checkpoint_every=checkpoint_every, callback=callback, progress=progress,
+                     description="inverse network")
     return TrainedDecoder(decoder, state.variables, norm)
 
 
