@@ -34,8 +34,11 @@ import optax
 
 from experiments import common
 from mijax import data, defenses, metrics, report
-from mijax.attacks import RMLEConfig, WhiteBox, rmle
+from mijax.attacks import BlackBox, QueryFree, RMLEConfig, WhiteBox, rmle
+from mijax.attacks.inverse_network import InverseNetworkConfig, attacker_images, inverse_network
+from mijax.attacks.shadow import ShadowConfig, he2019_shadow, shadow_attack
 from mijax.models import cifar10cnn, lenet
+from mijax.models.decoders import he2019_decoder
 from mijax.optim import torch_amsgrad
 from mijax.split import SplitModel
 from mijax.train import evaluate, fit, transmit
@@ -91,6 +94,11 @@ class Config:
     lr_halving_epochs: int = 20
     whitebox_steps: int = 5000
     whitebox_learning_rate: float = 1e-2
+    inverse_images: int = 0  # attacker images per inverse network (0 = all of the setting's data)
+    inverse_epochs: int = 50
+    shadow_images: int = 0  # attacker images per shadow model (0 = all)
+    shadow_epochs: int = 50
+    shadow_steps: int = 500  # rMLE iterations through the shadow
     defense_cuts: tuple[str, ...] = ("relu2", "relu22")  # one IoT-J cut per dataset
     defense_steps: int = 5000  # rMLE iterations against each defended setting
     sigmas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0, 2.5,
@@ -104,9 +112,11 @@ class Config:
 PRESETS = {
     "paper": Config(),
     "smoke": Config(train_size=5000, epochs=2, batch_size=64, lr_halving_epochs=1, whitebox_steps=300,
-                    whitebox_learning_rate=5e-2, defense_steps=150, sigmas=(0.0, 1.0, 2.0, 4.0),
+                    whitebox_learning_rate=5e-2, inverse_images=2000, inverse_epochs=3, shadow_images=2000,
+                    shadow_epochs=2, shadow_steps=200, defense_steps=150, sigmas=(0.0, 1.0, 2.0, 4.0),
                     laplace_scales=(0.0, 1.0, 2.0), dropout_rates=(0.0, 0.3, 0.6, 0.9)),
     "tiny": Config(datasets=("mnist",), train_size=512, epochs=1, lr_halving_epochs=1, whitebox_steps=10,
+                   inverse_images=64, inverse_epochs=1, shadow_images=64, shadow_epochs=1, shadow_steps=5,
                    defense_cuts=("relu2",), defense_steps=5, sigmas=(0.0, 1.0), laplace_scales=(0.0, 1.0),
                    dropout_rates=(0.0, 0.5), input_noise=False),
 }
@@ -150,6 +160,56 @@ def _whitebox(name, model, variables, targets, config, grids):
         rows.append({"table": "ACSAC Table 3 (white-box rMLE)", "dataset": name, "cut": cut, "setting": "",
                      **_scores(x_hat, targets), "published_psnr": published_psnr,
                      "published_ssim": published_ssim})
+    return rows
+
+
+INVERSE_SETTINGS = {"train": "training set", "auxiliary": "same distribution", "noise": "noise queries"}
+
+
+def _inverse(name, model, variables, train, auxiliary, targets, config, key, workdir, grids, progress):
+    """ACSAC Table 4: black-box inverse network, three attacker-data settings."""
+    rows = []
+    num = config.inverse_images or None
+    for cut in TARGETS[name].cuts:
+        cut_model = model.with_cut(cut)
+        oracle = BlackBox.from_model(cut_model, variables)
+        z = oracle.query(jnp.asarray(targets))
+        for s, (setting, label) in enumerate(INVERSE_SETTINGS.items()):
+            images = attacker_images(setting, train_images=train.images, auxiliary_images=auxiliary.images,
+                                     num=num or len(auxiliary.images), input_shape=model.input_shape,
+                                     normalization=model.normalization, key=jax.random.fold_in(key, s))
+            x_hat = inverse_network(
+                oracle, z, decoder=he2019_decoder(cut, name), images=images, key=jax.random.fold_in(key, s),
+                config=InverseNetworkConfig(epochs=config.inverse_epochs, normalization=model.normalization),
+                workdir=workdir / f"inverse_{cut}_{setting}", progress=progress)
+            grids[f"{name} inverse network ({label})"][cut] = np.asarray(x_hat)
+            rows.append({"table": "ACSAC Table 4 (inverse network)", "dataset": name, "cut": cut,
+                         "setting": label, "attacker_images": len(images), **_scores(x_hat, targets),
+                         "published_ssim": PUBLISHED_INVERSE[label][(name, cut)]})
+    return rows
+
+
+def _shadow(name, model, variables, train, auxiliary, targets, config, key, workdir, grids, progress):
+    """ACSAC Table 6: query-free shadow model, same set & net, and different set & net."""
+    rows = []
+    num = config.shadow_images or None
+    shadow_config = ShadowConfig(epochs=config.shadow_epochs, inversion=dataclasses.replace(
+        ShadowConfig().inversion, num_steps=config.shadow_steps))
+    for cut in TARGETS[name].cuts:
+        cut_model = model.with_cut(cut)
+        knowledge = QueryFree.from_model(cut_model, variables)  # the cloud only, never the edge
+        z, _ = cut_model.edge_apply(variables, targets)
+        settings = {"same set, same net": (cut_model, train, None),
+                    "different set, different net": (he2019_shadow(cut, name), auxiliary, model.normalization)}
+        for s, (label, (shadow, data_, normalization)) in enumerate(settings.items()):
+            x_hat = shadow_attack(knowledge, z, config=shadow_config, key=jax.random.fold_in(key, s),
+                                  shadow=shadow, images=data_.images[:num], labels=data_.labels[:num],
+                                  normalization=normalization, workdir=workdir / f"shadow_{cut}_{s}",
+                                  progress=progress)
+            grids[f"{name} shadow ({label})"][cut] = np.asarray(x_hat)
+            rows.append({"table": "ACSAC Table 6 (query-free shadow model)", "dataset": name, "cut": cut,
+                         "setting": label, "attacker_images": len(data_.images[:num]),
+                         **_scores(x_hat, targets), "published_ssim": PUBLISHED_SHADOW[label][(name, cut)]})
     return rows
 
 
@@ -197,7 +257,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     for d, name in enumerate(config.datasets):
         if name not in TARGETS:
             raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(TARGETS)}")
-        train_key, defense_key = jax.random.split(jax.random.fold_in(key, d))
+        train_key, attack_key, defense_key = jax.random.split(jax.random.fold_in(key, d), 3)
         split = "train" if config.train_size == 0 else f"train[:{config.train_size}]"
         train, test = data.load(name, split), data.load(name, "test")
         model = TARGETS[name].model(cut=TARGETS[name].cuts[0])
@@ -213,12 +273,25 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
         phase = time.perf_counter()
         rows += _whitebox(name, model, variables, targets, config, grids)
         timings[f"{name} white-box"] = round(time.perf_counter() - phase, 1)
+        # the attacker's "same distribution" data: the test set without the evaluated targets
+        keep = np.setdiff1d(np.arange(len(test.labels)), eval_index)
+        auxiliary = test._replace(images=test.images[keep], labels=test.labels[keep])
+        for label in INVERSE_SETTINGS.values():
+            grids[f"{name} inverse network ({label})"] = {}
+        for label in PUBLISHED_SHADOW:
+            grids[f"{name} shadow ({label})"] = {}
+        for phase_name, attack in (("inverse network", _inverse), ("shadow", _shadow)):
+            phase = time.perf_counter()
+            rows += attack(name, model, variables, train, auxiliary, targets, config,
+                           jax.random.fold_in(attack_key, len(rows)), workdir / name, grids, progress)
+            timings[f"{name} {phase_name}"] = round(time.perf_counter() - phase, 1)
         phase = time.perf_counter()
         rows += _defense_curves(name, model, variables, test, targets, config, defense_key)
         timings[f"{name} defense curves"] = round(time.perf_counter() - phase, 1)
         for title, recon in ((t, g) for t, g in grids.items() if t.startswith(name)):
-            report.reconstruction_grid(workdir / f"{title.replace(' ', '_')}.png", targets,
-                                       recon, title=f"{title} reconstructions per cut")
+            filename = "".join(c if c.isalnum() or c in "-_" else "_" for c in title)
+            report.reconstruction_grid(workdir / f"{filename}.png", targets, recon,
+                                       title=f"{title} reconstructions per cut")
         curves = [r for r in rows if r["dataset"] == name and r["table"].startswith("IoT-J")]
         for parameter in dict.fromkeys(r["parameter"] for r in curves):
             members = [r for r in curves if r["parameter"] == parameter]
@@ -239,7 +312,8 @@ def tables_markdown(rows, extra) -> str:
     out = [f"Target test accuracy: {extra['target_accuracy']}", ""]
     for table in dict.fromkeys(r["table"] for r in rows):
         members = [r for r in rows if r["table"] == table]
-        columns = [c for c in ("dataset", "cut", "setting", "parameter", "value", "accuracy", "psnr",
+        columns = [c for c in ("dataset", "cut", "setting", "attacker_images", "parameter", "value",
+                               "accuracy", "psnr",
                                "published_psnr", "ssim", "published_ssim", "ssim_canonical")
                    if any(c in r for r in members)]
         out += [f"### {table}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
