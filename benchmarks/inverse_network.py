@@ -83,8 +83,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--data-dir", default=os.environ.get("MIJAX_DATA_DIR", str(HERE.parent.parent / "shared" / "data")))
-    parser.add_argument("--torch-python", default=os.environ.get("MIJAX_TORCH_PYTHON", "/work/torchvenv/bin/python"))
+    parser.add_argument("--data-dir",
+                        default=os.environ.get("MIJAX_DATA_DIR", str(HERE.parent.parent / "shared" / "data")))
+    parser.add_argument("--torch-python",
+                        default=os.environ.get("MIJAX_TORCH_PYTHON", "/work/torchvenv/bin/python"))
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
 
@@ -120,7 +122,8 @@ def main() -> None:
     torch_rate = 32 / float(result["seconds_per_step"])
     print(f"PyTorch {'':15s}: {torch_rate:8.1f} images/s  ({1e3 * float(result['seconds_per_step']):.1f} ms/step)")
     for name, rate in results.items():
-        print(f"ratio mijax {name} / PyTorch: {rate / torch_rate:.2f}x" + ("  (target >= 1x)" if name == "col2im" else ""))
+        target = "  (target >= 1x)" if name == "col2im" else ""
+        print(f"ratio mijax {name} / PyTorch: {rate / torch_rate:.2f}x{target}")
 
     first, _ = jax.jit(paper.apply)(initial, z[order[0]])
     print(f"parity, initial decoder on the first batch: max |mijax - torch| = "

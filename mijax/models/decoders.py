@@ -215,13 +215,14 @@ HE2019_DECODERS = {
 def he2019_decoder(cut: str, dataset: str, *, method: str = "auto", matmul: bool = False) -> Pure:
     """He et al.'s inverse network for a split point (ACSAC 2019 §4.2; `net.py` of the authors' code).
 
-    | dataset | cut    | feature     | layers                                                          |
-    |---------|--------|-------------|-----------------------------------------------------------------|
-    | cifar10 | conv11 | 32×32×64    | ConvT(64→3, k3, p1)                                             |
-    | cifar10 | relu22 | 16×16×128   | ConvT(128→64, k3, s2, p1, op1) → ReLU → ConvT(64→3, k3, p1)     |
-    | cifar10 | relu32 | 8×8×128     | ConvT(128→128, k3, s2, p1, op1) → ReLU → ConvT(128→64, same) → ReLU → ConvT(64→3, k3, p1) |
-    | mnist   | conv1  | 24×24×8     | Conv(8→1, k5, p4) (= one ConvT(8→1, k5); the code uses a Conv)  |
-    | mnist   | relu2  | 8×8×16      | ConvT(16→8, k5) → ReLU → ConvT(8→1, k5, s2, op1)                |
+    | dataset | cut    | feature   | layers (ConvT = transposed conv; s2 = stride 2, p1 = padding 1, ...) |
+    |---------|--------|-----------|-----------------------------------------------------------------------|
+    | cifar10 | conv11 | 32×32×64  | ConvT(64→3, k3, p1)                                                   |
+    | cifar10 | relu22 | 16×16×128 | ConvT(128→64, k3, s2, p1, op1) → ReLU → ConvT(64→3, k3, p1)           |
+    | cifar10 | relu32 | 8×8×128   | ConvT(128→128, k3, s2, p1, op1) → ReLU → ConvT(128→64, k3, s2, p1,    |
+    |         |        |           | op1) → ReLU → ConvT(64→3, k3, p1)                                     |
+    | mnist   | conv1  | 24×24×8   | Conv(8→1, k5, p4) (the same function class as one ConvT(8→1, k5))     |
+    | mnist   | relu2  | 8×8×16    | ConvT(16→8, k5) → ReLU → ConvT(8→1, k5, s2, op1)                      |
 
     The output is linear, in the edge's normalised input space, as the authors train it: use it with
     `InverseNetworkConfig(normalization=model.normalization)`, which trains with MSE against
