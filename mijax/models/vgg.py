@@ -38,11 +38,65 @@ VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 #: (DESIGN.md; measured per layer by `benchmarks/vgg_step.py --per-layer`).
 MATMUL_MAX_SIZE = 2
 
+#: Stride-1 convolutions on maps of at least this side compute their kernel gradient as one im2col
+#: matmul (`conv_matmul_weight_grad`): XLA-CPU's weight-gradient convolution ran at about half the
+#: speed there (conv3 at 16×16, 64→128: 2× slower than the matmul; no gain at 8×8 and below).
+MATMUL_GRAD_MIN_SIZE = 16
+
 xavier_uniform = nnx.initializers.xavier_uniform()
 zeros = nnx.initializers.zeros_init()
 
 
 # --- layers ------------------------------------------------------------------------------------------
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _im2col(x: jax.Array, size: int, padding: int) -> jax.Array:
+    """`[batch·height·width, size·size·channels]` patches of a stride-1 'same' convolution."""
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    height, width = x.shape[1] - size + 1, x.shape[2] - size + 1
+    columns = jnp.concatenate([x[:, i:i + height, j:j + width] for i in range(size) for j in range(size)],
+                              axis=-1)
+    return columns.reshape(-1, columns.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_matmul_weight_grad(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """A stride-1 convolution (NHWC, HWIO) whose kernel gradient is one im2col matmul.
+
+    The forward pass and the input gradient are `lax.conv`'s; the kernel gradient
+    columns(x)ᵀ·dy replaces XLA's weight-gradient convolution, which is slow on XLA-CPU for large
+    maps with few channels. The same function and gradients.
+    """
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), [(padding, padding)] * 2,
+                                        dimension_numbers=_NHWC)
+
+
+def _conv_fwd(x, kernel, padding):
+    return conv_matmul_weight_grad(x, kernel, padding), (x, kernel)
+
+
+def _conv_bwd(padding, residuals, dy):
+    x, kernel = residuals
+    conv = lambda x: jax.lax.conv_general_dilated(x, kernel, (1, 1), [(padding, padding)] * 2,
+                                                  dimension_numbers=_NHWC)
+    (dx,) = jax.linear_transpose(conv, x)(dy)
+    k, _, _, out = kernel.shape
+    dkernel = _im2col(x, k, padding).T @ dy.reshape(-1, out)
+    return dx, dkernel.reshape(kernel.shape)
+
+
+conv_matmul_weight_grad.defvjp(_conv_fwd, _conv_bwd)
+
+
+class _Conv2dMatmulGrad(Conv2d):
+    """`Conv2d` (same parameters) computed by `conv_matmul_weight_grad`; stride 1 only."""
+
+    def __call__(self, x, *, train=False, key=None):
+        y = conv_matmul_weight_grad(x, self.conv.kernel[...], self.padding)
+        return y if self.conv.bias is None else y + self.conv.bias[...]
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -86,9 +140,14 @@ def dropout_layer(rate: float) -> Pure:
 
 
 def conv_layer(name: str, cin: int, cout: int, k: int, *, stride: int = 1, use_bias: bool = True,
-               kernel_init=None, bias_init=None, matmul: bool = False) -> Layer:
-    """A 'same'-padded (k // 2) `Conv2d` as a named layer."""
-    return Layer(name, pure(lambda rngs: Conv2d(
+               kernel_init=None, bias_init=None, matmul: bool = False,
+               matmul_grad: bool = False) -> Layer:
+    """A 'same'-padded (k // 2) `Conv2d` as a named layer.
+
+    `matmul` computes it as an im2col matmul; `matmul_grad` (stride 1) only its kernel gradient.
+    """
+    cls = _Conv2dMatmulGrad if matmul_grad and not matmul and stride == 1 else Conv2d
+    return Layer(name, pure(lambda rngs: cls(
         cin, cout, k, stride=stride, padding=k // 2, use_bias=use_bias, kernel_init=kernel_init,
         bias_init=bias_init, matmul=matmul, rngs=rngs)))
 
@@ -166,19 +225,23 @@ def check_bottleneck(*, channels: int, stride: int, kernel: int, size: int) -> N
 
 @functools.cache
 def _network(cut: int, num_classes: int, image_size: int, channels: int, stride: int, kernel: int,
-             relu: bool, sigmoid: bool, matmul_max_size: int) -> tuple[Sequential, str]:
+             relu: bool, sigmoid: bool, matmul_max_size: int,
+             width_multiplier: float = 1.0) -> tuple[Sequential, str]:
     client_init = {"kernel_init": xavier_uniform, "bias_init": zeros}
     layers, size, width = [], image_size, 3
     server = None
+    scaled = lambda c: max(1, round(c * width_multiplier))
+    hidden = scaled(512)
     for index, entry in enumerate(VGG11, start=1):
         in_client = index <= cut
         if entry == "M":
             layers.append(Layer(f"pool{index}", max_pool_2x2))
             size //= 2
         else:
+            entry = scaled(entry)
             init = client_init if in_client else {}
             layers += [conv_layer(f"conv{index}", width, entry, 3, matmul=size <= matmul_max_size,
-                                  **init),
+                                  matmul_grad=matmul_max_size > 0 and size >= MATMUL_GRAD_MIN_SIZE, **init),
                        Layer(f"bn{index}", pure(lambda rngs, c=entry: BatchNorm(c, rngs=rngs))),
                        Layer(f"relu{index}", jax.nn.relu)]
             width = entry
@@ -193,12 +256,12 @@ def _network(cut: int, num_classes: int, image_size: int, channels: int, stride:
     features = width * size * size
     layers += [
         Layer("dropout1", dropout_layer(0.5)),
-        Layer("fc1", pure(lambda rngs: Linear(features, 512, rngs=rngs))),
+        Layer("fc1", pure(lambda rngs: Linear(features, hidden, rngs=rngs))),
         Layer("fc1_relu", jax.nn.relu),
         Layer("dropout2", dropout_layer(0.5)),
-        Layer("fc2", pure(lambda rngs: Linear(512, 512, rngs=rngs))),
+        Layer("fc2", pure(lambda rngs: Linear(hidden, hidden, rngs=rngs))),
         Layer("fc2_relu", jax.nn.relu),
-        Layer("fc3", pure(lambda rngs: Linear(512, num_classes, rngs=rngs))),
+        Layer("fc3", pure(lambda rngs: Linear(hidden, num_classes, rngs=rngs))),
     ]
     return Sequential(tuple(layers)), "bottleneck_sigmoid" if sigmoid else "bottleneck_bn"
 
@@ -206,7 +269,8 @@ def _network(cut: int, num_classes: int, image_size: int, channels: int, stride:
 def vgg11_bn_sgm(*, cut: int | str = 4, num_classes: int = 10, image_size: int = 32,
                  bottleneck_channels: int = 8, bottleneck_stride: int = 1, bottleneck_kernel: int = 3,
                  bottleneck_relu: bool = False, sigmoid: bool = True,
-                 normalization: Normalization = CIFAR10, matmul_small_maps: bool = True) -> SplitModel:
+                 normalization: Normalization = CIFAR10, matmul_small_maps: bool = True,
+                 width_multiplier: float = 1.0) -> SplitModel:
     """CEM's VGG-11-BN with a sigmoid bottleneck (`vgg11_bn_sgm`, cem.md §1), inputs `image_size`²×3.
 
     At 32 px with the defaults:
@@ -243,12 +307,16 @@ def vgg11_bn_sgm(*, cut: int | str = 4, num_classes: int = 10, image_size: int =
         normalization: input normalisation applied by the edge (CIFAR-10 statistics by default).
         matmul_small_maps: compute the convolutions on maps of at most `MATMUL_MAX_SIZE`² pixels
             (the server's last 512-channel ones) with the im2col matmul path (same function, much faster on XLA-CPU).
+        width_multiplier: scales every convolution's channels and the classifier's hidden units
+            (512) by this factor, rounded, at least 1; the bottleneck (`bottleneck_channels`) and the
+            classes are unchanged. 1 is the reference network; smaller values give cheap CPU checks.
 
     Returns:
         The `SplitModel`.
 
     Raises:
-        ValueError: for an unknown cut, an image size below 32, or unsupported bottleneck fields.
+        ValueError: for an unknown cut, an image size below 32, unsupported bottleneck fields, or a
+            width_multiplier that is not positive.
 
     Example:
         >>> model = vgg11_bn_sgm()
@@ -259,8 +327,10 @@ def vgg11_bn_sgm(*, cut: int | str = 4, num_classes: int = 10, image_size: int =
     index, name = (cut, None) if isinstance(cut, int) else (4, cut)
     if not 1 <= index <= len(VGG11):
         raise ValueError(f"expected cut in [1, {len(VGG11)}] or a layer name, got {cut!r}")
+    if not width_multiplier > 0:
+        raise ValueError(f"expected width_multiplier > 0, got {width_multiplier}")
     network, default = _network(index, num_classes, image_size, bottleneck_channels, bottleneck_stride,
                                 bottleneck_kernel, bottleneck_relu, sigmoid,
-                                MATMUL_MAX_SIZE if matmul_small_maps else 0)
+                                MATMUL_MAX_SIZE if matmul_small_maps else 0, float(width_multiplier))
     return SplitModel(network, name or default, normalization, (image_size, image_size, 3), num_classes,
                       cuts=(default,))

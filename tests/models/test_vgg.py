@@ -169,3 +169,22 @@ def test_max_pool_matches_reduce_window_values_and_gradient():
     np.testing.assert_array_equal(jax.jit(max_pool_2x2)(x), jax.jit(max_pool)(x))
     grad = lambda pool: jax.jit(jax.grad(lambda x: jnp.sum(pool(x) * weights)))(x)
     np.testing.assert_array_equal(grad(max_pool_2x2), grad(max_pool))
+
+
+def test_width_multiplier_scales_all_but_bottleneck_and_classes():
+    model = vgg11_bn_sgm(width_multiplier=1 / 8, num_classes=7)
+    assert model.feature_shape() == (8, 8, 8)  # the bottleneck keeps its 8 channels
+    variables, logits = _abstract_logits(model)
+    assert logits.shape == (2, 7)
+    params = variables["params"]
+    assert params["conv1"]["conv"]["kernel"].shape == (3, 3, 3, 8)
+    assert params["bottleneck"]["conv"]["kernel"].shape == (3, 3, 16, 8)
+    assert params["expand"]["conv"]["kernel"].shape == (3, 3, 8, 16)
+    assert params["conv12"]["conv"]["kernel"].shape == (3, 3, 64, 64)
+    assert params["fc1"]["linear"]["kernel"].shape == (64, 64)
+    assert params["fc3"]["linear"]["kernel"].shape == (64, 7)
+    # the default is the reference network, unchanged
+    full, _ = _abstract_logits(vgg11_bn_sgm(width_multiplier=1.0))
+    assert jax.tree.map(jnp.shape, full) == jax.tree.map(jnp.shape, _abstract_logits(vgg11_bn_sgm())[0])
+    with pytest.raises(ValueError, match="width_multiplier"):
+        vgg11_bn_sgm(width_multiplier=0)
