@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from mijax.defenses.base import Defense, LossInputs, chain, check_scalar
-from mijax.defenses.kmeans import Mixture, assign, fit_mixture, kmeans_plusplus
+from mijax.defenses.kmeans import (Mixture, _layout, assign, default_chunk_size, fit_mixture,
+                                   kmeans_plusplus)
 from mijax.defenses.noise import gaussian_noise
 
 _NO_LR_SCALE_BELOW = 4.1e-4  # the reference's threshold on the learning rate
@@ -266,41 +267,67 @@ def _cluster_table(ids, num_clusters, size):
     return index, valid, counts
 
 
-def _log_det_kernel(x, index, valid, counts, sigma, clusters_per_batch):
-    """log det(Σ_k + σ²I) per cluster, Σ_k the unbiased covariance (0 for fewer than 2 members)."""
+def _cholesky_log_det(matrix):
+    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(matrix), axis1=-2, axis2=-1)), -1)
+
+
+def _gram_log_dets(x, index, valid, counts, sigma, clusters_per_batch):
+    """log det(Σ_k + σ²I) per cluster via the n×n Gram matrix of its centred members (n < D).
+
+    Sylvester: det(I_D + XᵀX·c) = det(I_n + XXᵀ·c), so log det(σ²I + XᵀX/(n−1)) = D log σ² +
+    log det(I_n + XXᵀ/((n−1)σ²)). Members are zero-padded to a common n; padded rows stay zero after
+    centring (which uses the true n_k) and add identity rows, leaving the determinant unchanged.
+    """
     dim = x.shape[1]
-    size = index.shape[1]
-    log_var = jnp.log(jnp.square(sigma))
 
     def one(args):
         idx, ok, n = args
         members = jnp.where(ok[:, None], x[idx], 0.0)
         mean = jnp.sum(members, 0) / jnp.maximum(n, 1)
-        centred = jnp.where(ok[:, None], members - mean, 0.0)  # padded rows stay 0: they add I
+        centred = jnp.where(ok[:, None], members - mean, 0.0)
         scale = 1.0 / (jnp.maximum(n - 1, 1) * jnp.square(sigma))
-        if size < dim:
-            # Sylvester: det(I_D + XᵀX·c) = det(I_n + XXᵀ·c); padding rows contribute identity.
-            gram = centred @ centred.T
-        else:
-            gram = centred.T @ centred
-        matrix = jnp.eye(gram.shape[0]) + gram * scale
-        chol = jnp.linalg.cholesky(matrix)
-        # log det(Σ + σ²I) = D log σ² + log det(I + Σ/σ²); the latter is well conditioned.
-        return dim * log_var + 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
+        return _cholesky_log_det(jnp.eye(idx.shape[0]) + (centred @ centred.T) * scale)
 
     num = index.shape[0]
     padded = -(-num // clusters_per_batch) * clusters_per_batch
     pad = lambda a: jnp.concatenate([a, jnp.zeros((padded - num,) + a.shape[1:], a.dtype)])
-    out = jax.lax.map(lambda args: jax.vmap(one)(args),
-                      tuple(pad(a).reshape((-1, clusters_per_batch) + a.shape[1:])
-                            for a in (index, valid, counts)))
-    return out.reshape(-1)[:num]
+    out = jax.lax.map(jax.vmap(one), tuple(pad(a).reshape((-1, clusters_per_batch) + a.shape[1:])
+                                           for a in (index, valid, counts)))
+    return dim * jnp.log(jnp.square(sigma)) + out.reshape(-1)[:num]
 
 
-_log_det_jit = jax.jit(_log_det_kernel, static_argnames=("clusters_per_batch",))
+def _covariance_log_dets(x, ids, centres, sigma, num_clusters, chunk_size):
+    """log det(Σ_k + σ²I) per cluster via its D×D covariance, accumulated chunk by chunk.
+
+    The samples are laid out cluster by cluster (`kmeans._layout`); each chunk adds its Gram matrix
+    to its cluster's. Members are shifted by the cluster's centroid first, so that removing the
+    mean, Σ = (Σ_i (z_i − μ)(z_i − μ)ᵀ − n·δδᵀ)/(n − 1) with δ = mean − μ small, does not cancel.
+    """
+    layout = _layout(ids, num_clusters, chunk_size)
+    dim = x.shape[1]
+
+    def add(carry, q):
+        gram, sums = carry
+        segment = layout.segment[q]
+        rows = jnp.where(layout.valid[q][:, None], x[layout.source[q]] - centres[segment], 0.0)
+        return (gram.at[segment].add(rows.T @ rows), sums.at[segment].add(jnp.sum(rows, 0))), None
+
+    zeros = (jnp.zeros((num_clusters, dim, dim)), jnp.zeros((num_clusters, dim)))
+    (gram, sums), _ = jax.lax.scan(add, zeros, jnp.arange(layout.segment.shape[0]))
+    n = layout.counts.astype(jnp.float32)[:, None, None]
+    shift = sums / jnp.maximum(n[:, :, 0], 1)
+    covariance = (gram - n * shift[:, :, None] * shift[:, None, :]) / jnp.maximum(n - 1, 1)
+    # log det(Σ + σ²I) = D log σ² + log det(I + Σ/σ²); the latter is well conditioned.
+    return dim * jnp.log(jnp.square(sigma)) + _cholesky_log_det(
+        jnp.eye(dim) + covariance / jnp.square(sigma))
+
+
+_gram_jit = jax.jit(_gram_log_dets, static_argnames=("clusters_per_batch",))
+_covariance_jit = jax.jit(_covariance_log_dets, static_argnames=("num_clusters", "chunk_size"))
 
 
 def _cluster_log_dets(features, labels, mixture, sigma, assignments, max_cluster_size):
+    """log det(Σ_k + σ²I) `[C, K]` (meaningful where n_k >= 2), counts `[C, K]`, and σ."""
     sigma = check_scalar("sigma", sigma)
     if not isinstance(sigma, jax.core.Tracer) and float(sigma) <= 0:
         raise ValueError(f"expected sigma > 0 for the log-det monitor, got {float(sigma)}")
@@ -315,20 +342,25 @@ def _cluster_log_dets(features, labels, mixture, sigma, assignments, max_cluster
         assignments = assign(x, labels, mixture.means)
     ids = labels * num_components + jnp.asarray(assignments, jnp.int32)
     num_clusters = num_classes * num_components
+    counts = jnp.zeros(num_clusters, jnp.int32).at[ids].add(1)
     if max_cluster_size is None:
-        largest = int(jnp.max(jnp.bincount(ids, length=num_clusters)))
+        largest = int(jnp.max(counts))
         # Round up to 1/8 of an octave so that refits of similar sizes share one compiled kernel.
         step = 2 ** max(0, largest.bit_length() - 3)
         max_cluster_size = max(2, -(-largest // step) * step)
-    index, valid, counts = _cluster_table(ids, num_clusters, max_cluster_size)
-    if not isinstance(counts, jax.core.Tracer) and int(jnp.max(counts)) > max_cluster_size:
+    elif not isinstance(counts, jax.core.Tracer) and int(jnp.max(counts)) > max_cluster_size:
         raise ValueError(f"expected max_cluster_size >= the largest cluster ({int(jnp.max(counts))}), "
                          f"got {max_cluster_size}")
-    per_cluster = max_cluster_size * min(max_cluster_size, dim) + max_cluster_size * dim
-    batch = max(1, min(num_clusters, (1 << 24) // per_cluster))
-    log_dets = _log_det_jit(x, index, valid, counts, sigma, clusters_per_batch=batch)
-    counts = counts.reshape(num_classes, num_components)
-    return log_dets.reshape(num_classes, num_components), counts, sigma
+    if max_cluster_size < dim:
+        index, valid, _ = _cluster_table(ids, num_clusters, max_cluster_size)
+        batch = max(1, min(num_clusters, (1 << 24) // (max_cluster_size * (max_cluster_size + dim))))
+        log_dets = _gram_jit(x, index, valid, counts, sigma, clusters_per_batch=batch)
+    else:
+        chunk = default_chunk_size(x.shape[0], num_clusters)
+        log_dets = _covariance_jit(x, ids, mixture.means.reshape(num_clusters, dim), sigma,
+                                   num_clusters=num_clusters, chunk_size=chunk)
+    shape = (num_classes, num_components)
+    return log_dets.reshape(shape), counts.reshape(shape), sigma
 
 
 def log_det_monitor(features: ArrayLike, labels: ArrayLike, mixture: Mixture, *, sigma: ArrayLike,
@@ -338,10 +370,11 @@ def log_det_monitor(features: ArrayLike, labels: ArrayLike, mixture: Mixture, *,
 
     Σ_k is the full unbiased covariance (divisor n_k − 1) of cluster k's members and π_k = n_k / N_c.
     Clusters with fewer than two members have no covariance and contribute 0, as in the reference.
-    All clusters are processed as one batch of Cholesky factorisations; when D exceeds the cluster
-    size, Sylvester's identity log det(σ²I_D + XᵀX/(n−1)) = D log σ² + log det(I_n + XXᵀ/((n−1)σ²))
-    works with the n×n Gram matrix of the centred members X (zero-padded to a common n, which adds
-    identity rows). The reference logs this every 10 epochs.
+    All clusters go through one batch of Cholesky factorisations. When the largest cluster is at
+    least D, of the D×D covariances (accumulated chunk by chunk: memory C·K·D² floats, shapes fixed
+    by N, D, C and K); otherwise, by Sylvester's identity log det(σ²I_D + XᵀX/(n−1)) = D log σ² +
+    log det(I_n + XXᵀ/((n−1)σ²)), of the n×n Gram matrices of the centred members X, zero-padded to
+    a common n (padding adds identity rows). The reference logs this every 10 epochs.
 
     Args:
         features: `[N, ...]` clean features (flattened to D values).
@@ -350,8 +383,9 @@ def log_det_monitor(features: ArrayLike, labels: ArrayLike, mixture: Mixture, *,
         sigma: noise standard deviation σ > 0.
         assignments: `[N]` cluster of each sample (e.g. from `fit_mixture(..., return_info=True)`);
             default the nearest centroid of its class.
-        max_cluster_size: the padded cluster size (static); default the largest cluster, rounded up,
-            read on the host (give it to call this inside `jit`).
+        max_cluster_size: a static bound on the cluster size, which picks the method (and pads
+            the Gram matrices); default the largest cluster, rounded up, read on the host (give it
+            to call this inside `jit`).
 
     Returns:
         `[num_classes]` values (0 for a class without clusters of two or more samples).

@@ -7,8 +7,11 @@ per-dimension variances v̄_{c,k} = Σ_{i∈k} ‖z_i − μ_{c,k}‖² / (n_k·
 All classes are clustered in one compiled program, without a Python loop over classes or clusters.
 The samples are laid out class by class in fixed-size chunks (a chunk holds samples of one class
 only, zero-padded), so every chunk is compared with its own class's K centroids by one small matrix
-product and the cluster sums are per-chunk products reduced by segment sums. The layout costs one
-gather of the features; the number of chunks, ⌈N/S⌉ + C − 1 for chunk size S, is static.
+product and the cluster sums are per-chunk products reduced by segment sums over the chunks' class
+ids. The layout costs one gather of the features; the number of chunks, ⌈N/S⌉ + C − 1 for chunk
+size S, is static. On CPU the Lloyd iterations run chunk by chunk (`lax.scan`) and skip, with
+Hamerly's distance bounds, the chunks whose assignments cannot change (`_lloyd_pruned`); on
+accelerators all chunks are one batched product per iteration (`_lloyd`). Both give the same iterates.
 """
 
 from __future__ import annotations
@@ -166,12 +169,93 @@ def _lloyd(xp, layout, means, *, num_classes, num_components, num_iters, early_s
     return means, assignment, step
 
 
+def _lloyd_pruned(xp, layout, means, *, num_classes, num_components, num_iters, early_stop,
+                  initial_label):
+    """`_lloyd` with Hamerly's bounds (Hamerly, SDM 2010), chunk by chunk: the same iterates.
+
+    Each sample keeps an upper bound u on the distance to its centroid and a lower bound l on the
+    distance to any other centroid of its class; moving centroids by δ loosens them (u += δ_a,
+    l −= max δ). A sample whose u is below max(l, ½·distance from its centroid to the nearest other
+    one) keeps its assignment, so a chunk whose samples all pass is skipped (`lax.cond` inside a
+    `lax.scan` over chunks), its cluster sums reused; so are the chunks of classes that stopped.
+    The test has a margin above float32 rounding, so the iterates are plain Lloyd's (up to the
+    rounding of exact ties, which any two float32 implementations may break differently). Worth it
+    where chunks run one after another (CPU); accelerators run `_lloyd`'s batched products.
+    """
+    num_chunks, size, dim = xp.shape
+    segment, valid = layout.segment, layout.valid
+    sq_norm = jnp.sum(xp * xp, -1)
+    chunk_ids = jnp.arange(num_chunks)
+
+    def body(carry):
+        step, means, assignment, upper, lower, chunk_sums, chunk_counts, active, _ = carry
+        mean_sq = jnp.sum(means**2, -1)  # [C, K]
+        if num_components > 1:
+            gap = jnp.sqrt(jnp.maximum(mean_sq[:, :, None] + mean_sq[:, None, :] - 2 * jnp.einsum(
+                "ckd,cjd->ckj", means, means), 0.0))
+            gap = jnp.where(jnp.eye(num_components, dtype=bool), jnp.inf, gap)
+            half_gap = 0.5 * jnp.min(gap, -1)  # [C, K]
+        else:
+            half_gap = jnp.full(mean_sq.shape, jnp.inf)
+        own = jnp.clip(assignment, 0, num_components - 1)
+        bound = jnp.maximum(lower, jnp.take_along_axis(half_gap[segment], own, 1))
+        # Margin: float32 distances from ‖x‖² − 2⟨x, μ⟩ + ‖μ‖² are off by up to ~1e-3·(‖x‖ + ‖μ‖).
+        margin = 2e-3 * (jnp.sqrt(sq_norm) + jnp.sqrt(jnp.max(mean_sq, -1))[segment][:, None])
+        need = active[segment] & jnp.any(valid & (upper + margin > bound), 1)
+
+        def chunk(_, inputs):
+            q, need_q, *kept = inputs
+
+            def compute(_):
+                x = xp[q]
+                m = means[segment[q]]
+                dist2 = jnp.maximum(sq_norm[q][:, None] - 2 * x @ m.T + mean_sq[segment[q]], 0.0)
+                new = jnp.argmin(dist2, -1).astype(jnp.int32)
+                if num_components > 1:
+                    two = -jax.lax.top_k(-dist2, 2)[0]
+                    up, low = jnp.sqrt(two[:, 0]), jnp.sqrt(two[:, 1])
+                else:
+                    up, low = jnp.sqrt(dist2[:, 0]), jnp.full((size,), jnp.inf)
+                hot = ((new[:, None] == jnp.arange(num_components)) & valid[q][:, None]).astype(x.dtype)
+                return new, up, low, hot.T @ x, jnp.sum(hot, 0)
+
+            return None, jax.lax.cond(need_q, compute, lambda _: tuple(kept), None)
+
+        _, (new, upper, lower, chunk_sums, chunk_counts) = jax.lax.scan(
+            chunk, None, (chunk_ids, need, assignment, upper, lower, chunk_sums, chunk_counts))
+        moved = jnp.any((new != assignment) & valid, 1)
+        changed = jax.ops.segment_max(moved, segment, num_classes)
+        sums = _segment(chunk_sums, layout, num_classes)
+        counts = _segment(chunk_counts, layout, num_classes)
+        update = changed[:, None] & (counts > 0)
+        new_means = jnp.where(update[..., None], sums / jnp.maximum(counts, 1)[..., None], means)
+        shift = jnp.sqrt(jnp.sum((new_means - means) ** 2, -1))  # δ [C, K]
+        upper = upper + jnp.take_along_axis(shift[segment], jnp.clip(new, 0, num_components - 1), 1)
+        lower = lower - jnp.max(shift, -1)[segment][:, None]
+        return (step + 1, new_means, new, upper, lower, chunk_sums, chunk_counts, changed,
+                jnp.any(changed))
+
+    def cond(carry):
+        return (carry[0] < num_iters) & (carry[-1] | jnp.logical_not(early_stop))
+
+    carry = (jnp.int32(0), means, jnp.full((num_chunks, size), initial_label, jnp.int32),
+             jnp.full((num_chunks, size), jnp.inf), jnp.zeros((num_chunks, size)),
+             jnp.zeros((num_chunks, num_components, dim)), jnp.zeros((num_chunks, num_components)),
+             jnp.ones((num_classes,), bool), jnp.bool_(True))
+    carry = jax.lax.while_loop(cond, body, carry)
+    return carry[1], carry[2], carry[0]
+
+
 def _statistics(xp, layout, means, assignment, *, num_classes, num_components):
-    one_hot = _one_hot(assignment, layout, num_components)
-    counts = _segment(jnp.sum(one_hot, 1), layout, num_classes)
-    nearest = jnp.einsum("qsk,qkd->qsd", one_hot, means[layout.segment])  # μ_{a_i} (0 in padding)
-    sq_dist = jnp.sum((xp - nearest) ** 2, -1)  # direct difference: no cancellation
-    sse = _segment(jnp.einsum("qsk,qs->qk", one_hot, sq_dist), layout, num_classes)
+    def chunk(_, inputs):
+        x, segment, own, valid = inputs
+        sq_dist = jnp.sum((x - means[segment][jnp.maximum(own, 0)]) ** 2, -1)  # no cancellation
+        hot = ((own[:, None] == jnp.arange(num_components)) & valid[:, None]).astype(x.dtype)
+        return None, (hot.T @ sq_dist, jnp.sum(hot, 0))
+
+    # One chunk at a time, so that μ_{a_i} is never materialised for all samples.
+    _, (sse, counts) = jax.lax.scan(chunk, None, (xp, layout.segment, assignment, layout.valid))
+    sse, counts = _segment(sse, layout, num_classes), _segment(counts, layout, num_classes)
     class_size = jnp.sum(counts, 1, keepdims=True)
     weights = counts / jnp.maximum(class_size, 1)
     variances = jnp.where(counts > 0, sse / (jnp.maximum(counts, 1) * xp.shape[-1]), 0.0)
@@ -218,9 +302,9 @@ def _check(features, labels, num_classes, num_components, init=None):
     labels = jnp.asarray(labels)
     if features.ndim < 2:
         raise ValueError(f"expected features of shape [num_samples, ...], got {features.shape}")
-    if labels.shape != features.shape[:1]:
-        raise ValueError(f"expected labels of shape [{features.shape[0]}] matching features, "
-                         f"got {labels.shape}")
+    if labels.shape != features.shape[:1] or not labels.size:
+        raise ValueError(f"expected labels of shape [{features.shape[0]}] matching features (at least "
+                         f"one sample), got {labels.shape}")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"expected integer labels, got dtype {labels.dtype}")
     if num_classes < 1 or num_components < 1:
@@ -233,6 +317,13 @@ def _check(features, labels, num_classes, num_components, init=None):
         if means.shape != expected:
             raise ValueError(f"expected init means of shape {list(expected)}, got {list(means.shape)}")
     return features, labels.astype(jnp.int32)
+
+
+_PRUNING: bool | None = None  # None: on CPU only (tests set it to check both paths)
+
+
+def _use_pruning() -> bool:
+    return jax.default_backend() == "cpu" if _PRUNING is None else _PRUNING
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "num_components", "chunk_size"))
@@ -270,9 +361,10 @@ def kmeans_plusplus(features: ArrayLike, labels: ArrayLike, *, num_classes: int,
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "num_classes", "num_components", "reference_compatible", "chunk_size", "seed"))
+    "num_classes", "num_components", "reference_compatible", "chunk_size", "seed", "prune",
+    "keep_small_classes"))
 def _fit(x, labels, init, key, num_iters, power, early_stop, *, num_classes, num_components,
-         reference_compatible, chunk_size, seed):
+         reference_compatible, chunk_size, seed, prune, keep_small_classes):
     # num_iters, power and early_stop are traced: changing them does not recompile.
     layout = _layout(labels, num_classes, chunk_size)
     xp = _gather(x, layout)
@@ -281,14 +373,15 @@ def _fit(x, labels, init, key, num_iters, power, early_stop, *, num_classes, num
                                  num_components=num_components, power=power)
     else:
         means = init.means
-    means, assignment, iterations = _lloyd(
+    lloyd = _lloyd_pruned if prune else _lloyd
+    means, assignment, iterations = lloyd(
         xp, layout, means, num_classes=num_classes, num_components=num_components, num_iters=num_iters,
         early_stop=early_stop, initial_label=0 if reference_compatible else -1)
     mixture = _statistics(xp, layout, means, assignment, num_classes=num_classes,
                           num_components=num_components)
     if reference_compatible:
         mixture = reference_padding(mixture)
-        if not seed:
+        if keep_small_classes:
             # The reference refits only classes with more than K samples; the rest keep their state.
             refit = layout.counts > num_components
             mixture = jax.tree.map(lambda new, old: jnp.where(
@@ -342,6 +435,7 @@ def fit_mixture(features: ArrayLike, labels: ArrayLike, *, num_classes: int, num
         raise ValueError(f"expected num_iters >= 1, got {num_iters}")
     if init is None and key is None:
         raise ValueError("expected init or key: a warm start or a PRNG key for k-means++, got neither")
+    keep_small_classes = reference_compatible and isinstance(init, Mixture)
     if init is not None and not isinstance(init, Mixture):
         init = Mixture.empty(num_classes, num_components, x.shape[1])._replace(
             means=jnp.asarray(init, jnp.float32))
@@ -349,7 +443,8 @@ def fit_mixture(features: ArrayLike, labels: ArrayLike, *, num_classes: int, num
     mixture, assignments, iterations = _fit(
         x, labels, init, key, jnp.int32(num_iters), jnp.float32(kmeanspp_power), jnp.bool_(early_stop),
         num_classes=num_classes, num_components=num_components,
-        reference_compatible=reference_compatible, chunk_size=chunk_size, seed=init is None)
+        reference_compatible=reference_compatible, chunk_size=chunk_size, seed=init is None,
+        prune=_use_pruning(), keep_small_classes=keep_small_classes)
     return (mixture, assignments, iterations) if return_info else mixture
 
 

@@ -255,6 +255,13 @@ def test_sigma_lambda_sweep_traces_once():
     for (lam, sigma), value in zip(grid, values):
         expected = lam * defenses.cem_loss(z, labels, mixture, sigma=sigma, samples_per_class=40.0)
         np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7)
+    # The epoch refit vmaps too (as `train.fit(sweep=True)` runs it): one feature set per model.
+    fresh = defenses.stack([defenses.cem(lam=l, sigma=s, **kwargs).init() for l, s in grid[:2]])
+    features = jnp.stack([z, 2 * z])
+    refit = jax.jit(jax.vmap(defense.epoch_update, in_axes=(0, 0, None, None)))(
+        fresh, features, labels, jax.random.key(0))
+    np.testing.assert_array_equal(refit["fitted"], [1.0, 1.0])
+    np.testing.assert_allclose(refit["mixture"].means[1], 2 * refit["mixture"].means[0], rtol=1e-5)
 
 
 def _log_det_reference(x, labels, assignments, num_classes, num_components, sigma):

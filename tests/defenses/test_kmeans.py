@@ -12,6 +12,13 @@ kmeans = importlib.import_module("mijax.defenses.kmeans")
 Mixture, fit_mixture = kmeans.Mixture, kmeans.fit_mixture
 
 
+@pytest.fixture(params=[True, False], ids=["pruned", "batched"])
+def lloyd(request, monkeypatch):
+    """Runs a test with both Lloyd implementations (Hamerly-pruned chunk scan, batched products)."""
+    monkeypatch.setattr(kmeans, "_PRUNING", request.param)
+    return request.param
+
+
 def _blobs(seed, num_classes, num_components, dim, sizes):
     rng = np.random.default_rng(seed)
     xs, ys = [], []
@@ -38,7 +45,7 @@ def _reference_kmeans(x, init, num_iters, initial_label):
 
 
 @pytest.mark.parametrize("chunk_size", [None, 16])
-def test_matches_sklearn_inertia_per_class(chunk_size):
+def test_matches_sklearn_inertia_per_class(chunk_size, lloyd):
     num_classes, num_components, dim = 3, 4, 6
     x, y = _blobs(0, num_classes, num_components, dim, [60, 45, 90])
     init = kmeans.kmeans_plusplus(x, y, num_classes=num_classes, num_components=num_components,
@@ -58,7 +65,7 @@ def test_matches_sklearn_inertia_per_class(chunk_size):
 
 
 @pytest.mark.parametrize("reference_compatible", [False, True])
-def test_lloyd_matches_reference_loop(reference_compatible):
+def test_lloyd_matches_reference_loop(reference_compatible, lloyd):
     """Overlapping clusters (many iterations), warm start, both initial-label conventions."""
     rng = np.random.default_rng(1)
     num_classes, num_components, dim = 3, 3, 5
@@ -85,7 +92,7 @@ def test_lloyd_matches_reference_loop(reference_compatible):
     assert 1 < int(iterations) <= 30
 
 
-def test_reference_initial_label_quirk():
+def test_reference_initial_label_quirk(lloyd):
     """All of a class's first assignments are cluster 0: the reference stops before any update."""
     x = np.array([[0.0], [0.2], [0.4], [4.0]], np.float32)
     y = np.zeros(4, int)
@@ -98,7 +105,7 @@ def test_reference_initial_label_quirk():
     np.testing.assert_allclose(reference.means[0], centroids, rtol=1e-6)
 
 
-def test_degenerate_classes_stay_finite():
+def test_degenerate_classes_stay_finite(lloyd):
     num_components, dim = 4, 3
     rng = np.random.default_rng(2)
     x = np.concatenate([rng.normal(size=(20, dim)), np.ones((10, dim)), rng.normal(size=(2, dim)),
@@ -117,7 +124,7 @@ def test_degenerate_classes_stay_finite():
         assert int(np.sum(mixture.counts[0] > 0)) == num_components  # k-means++ spreads the seeds
 
 
-def test_empty_cluster_keeps_centroid_and_has_no_weight():
+def test_empty_cluster_keeps_centroid_and_has_no_weight(lloyd):
     x = np.array([[0.0, 0.0], [0.1, 0.0], [1.0, 1.0], [1.1, 1.0]], np.float32)
     y = np.zeros(4, int)
     init = np.array([[[0.0, 0.0], [1.0, 1.0], [50.0, 50.0]]], np.float32)
@@ -143,7 +150,7 @@ def test_kmeanspp_samples_proportional_to_distance_power(power):
     assert not np.any(first == second)
 
 
-def test_iterations_and_early_stop():
+def test_iterations_and_early_stop(lloyd):
     x, y = _blobs(0, 3, 4, 6, [60, 45, 90])
     init = kmeans.kmeans_plusplus(x, y, num_classes=3, num_components=4, key=jax.random.key(0))
     _, _, stopped = fit_mixture(x, y, num_classes=3, num_components=4, init=init, return_info=True)
