@@ -38,65 +38,11 @@ VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 #: (DESIGN.md; measured per layer by `benchmarks/vgg_step.py --per-layer`).
 MATMUL_MAX_SIZE = 2
 
-#: Stride-1 convolutions on maps of at least this side compute their kernel gradient as one im2col
-#: matmul (`conv_matmul_weight_grad`): XLA-CPU's weight-gradient convolution ran at about half the
-#: speed there (conv3 at 16×16, 64→128: 2× slower than the matmul; no gain at 8×8 and below).
-MATMUL_GRAD_MIN_SIZE = 16
-
 xavier_uniform = nnx.initializers.xavier_uniform()
 zeros = nnx.initializers.zeros_init()
 
 
 # --- layers ------------------------------------------------------------------------------------------
-
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _im2col(x: jax.Array, size: int, padding: int) -> jax.Array:
-    """`[batch·height·width, size·size·channels]` patches of a stride-1 'same' convolution."""
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    height, width = x.shape[1] - size + 1, x.shape[2] - size + 1
-    columns = jnp.concatenate([x[:, i:i + height, j:j + width] for i in range(size) for j in range(size)],
-                              axis=-1)
-    return columns.reshape(-1, columns.shape[-1])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_matmul_weight_grad(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
-    """A stride-1 convolution (NHWC, HWIO) whose kernel gradient is one im2col matmul.
-
-    The forward pass and the input gradient are `lax.conv`'s; the kernel gradient
-    columns(x)ᵀ·dy replaces XLA's weight-gradient convolution, which is slow on XLA-CPU for large
-    maps with few channels. The same function and gradients.
-    """
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), [(padding, padding)] * 2,
-                                        dimension_numbers=_NHWC)
-
-
-def _conv_fwd(x, kernel, padding):
-    return conv_matmul_weight_grad(x, kernel, padding), (x, kernel)
-
-
-def _conv_bwd(padding, residuals, dy):
-    x, kernel = residuals
-    conv = lambda x: jax.lax.conv_general_dilated(x, kernel, (1, 1), [(padding, padding)] * 2,
-                                                  dimension_numbers=_NHWC)
-    (dx,) = jax.linear_transpose(conv, x)(dy)
-    k, _, _, out = kernel.shape
-    dkernel = _im2col(x, k, padding).T @ dy.reshape(-1, out)
-    return dx, dkernel.reshape(kernel.shape)
-
-
-conv_matmul_weight_grad.defvjp(_conv_fwd, _conv_bwd)
-
-
-class _Conv2dMatmulGrad(Conv2d):
-    """`Conv2d` (same parameters) computed by `conv_matmul_weight_grad`; stride 1 only."""
-
-    def __call__(self, x, *, train=False, key=None):
-        y = conv_matmul_weight_grad(x, self.conv.kernel[...], self.padding)
-        return y if self.conv.bias is None else y + self.conv.bias[...]
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -140,14 +86,9 @@ def dropout_layer(rate: float) -> Pure:
 
 
 def conv_layer(name: str, cin: int, cout: int, k: int, *, stride: int = 1, use_bias: bool = True,
-               kernel_init=None, bias_init=None, matmul: bool = False,
-               matmul_grad: bool = False) -> Layer:
-    """A 'same'-padded (k // 2) `Conv2d` as a named layer.
-
-    `matmul` computes it as an im2col matmul; `matmul_grad` (stride 1) only its kernel gradient.
-    """
-    cls = _Conv2dMatmulGrad if matmul_grad and not matmul and stride == 1 else Conv2d
-    return Layer(name, pure(lambda rngs: cls(
+               kernel_init=None, bias_init=None, matmul: bool = False) -> Layer:
+    """A 'same'-padded (k // 2) `Conv2d` as a named layer."""
+    return Layer(name, pure(lambda rngs: Conv2d(
         cin, cout, k, stride=stride, padding=k // 2, use_bias=use_bias, kernel_init=kernel_init,
         bias_init=bias_init, matmul=matmul, rngs=rngs)))
 
@@ -241,7 +182,7 @@ def _network(cut: int, num_classes: int, image_size: int, channels: int, stride:
             entry = scaled(entry)
             init = client_init if in_client else {}
             layers += [conv_layer(f"conv{index}", width, entry, 3, matmul=size <= matmul_max_size,
-                                  matmul_grad=matmul_max_size > 0 and size >= MATMUL_GRAD_MIN_SIZE, **init),
+                                  **init),
                        Layer(f"bn{index}", pure(lambda rngs, c=entry: BatchNorm(c, rngs=rngs))),
                        Layer(f"relu{index}", jax.nn.relu)]
             width = entry
