@@ -20,3 +20,15 @@ from mijax.attacks.shadow import ShadowConfig, TrainedShadow, he2019_shadow, sha
 __all__ += ["InverseNetworkConfig", "TrainedDecoder", "attacker_images", "inverse_network", "noise_images",
             "query_dataset", "train_inverse_network", "ShadowConfig", "TrainedShadow", "he2019_shadow",
             "shadow_attack", "train_shadow"]
+
+from mijax.attacks.decoder_attack import (  # noqa: E402
+    DecoderAttackConfig,
+    cem_attack_data,
+    decoder_attack,
+    stacked_oracle,
+    train_decoder_attack,
+)
+from mijax.attacks.gan import GanConfig, gan_finetune, gradient_penalty  # noqa: E402
+
+__all__ += ["DecoderAttackConfig", "cem_attack_data", "decoder_attack", "stacked_oracle", "train_decoder_attack",
+            "GanConfig", "gan_finetune", "gradient_penalty"]

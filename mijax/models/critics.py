@@ -71,7 +71,8 @@ def dgwgan32(*, image_shape: Sequence[int], width: int = 64, matmul: bool = Fals
         `train` changes nothing).
 
     Raises:
-        ValueError: on an `image_shape` that is not `(height, width, channels)` of positive sizes.
+        ValueError: on an `image_shape` that is not `(height, width, channels)` of positive sizes, or
+            images of at most 8×8 pixels (the normalised 1×1 map would make the critic constant).
 
     Example:
         >>> critic = dgwgan32(image_shape=(32, 32, 3))
@@ -85,6 +86,9 @@ def dgwgan32(*, image_shape: Sequence[int], width: int = 64, matmul: bool = Fals
     height, wide, channels = image_shape
     for _ in range(3):
         height, wide = _halve(height), _halve(wide)
+    if height * wide == 1:  # instance norm over a 1×1 map outputs its bias: a constant critic
+        raise ValueError(f"expected images larger than 8×8 (the third conv's map must exceed 1×1), got "
+                         f"image_shape={image_shape}")
 
     def conv(name, cin, cout):
         return Layer(name, pure(lambda rngs: Conv2d(cin, cout, 5, stride=2, padding=2, matmul=matmul, rngs=rngs)))

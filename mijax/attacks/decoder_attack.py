@@ -1,0 +1,350 @@
+"""CEM's decoder attack: a noise-aware inverse network trained on fresh queries (Xia et al. 2025).
+
+The attacker (the server receiving z̃) queries the deployed edge with its auxiliary images x ∈ [0,1]
+and trains a decoder `d_ψ` (by default `res_norm_decoder`, `cem.md` §11) on
+
+    min_ψ  (1/B) Σ_i (1/d) ‖d_ψ(z̃_i) − x_i‖²,    z̃_i = f_eval(x_i) + σ·ε_i,
+
+with the pairs generated on the fly inside each step: a fresh query, hence **fresh noise per
+batch** (the attacker knows σ; a noisy `BlackBox` draws it). Adam (lr 1e-3, PyTorch's coupled
+weight decay 1e-4: `wd·ψ` is added to the gradient before Adam), cosine annealing per epoch
+(T_max = epochs, η_min 1e-5), batch 256, 50 epochs; the final decoder is the attack,
+`x̂ = d_ψ(z̃)` (`decoder_attack`).
+
+Everything is pure: the step (`make_decoder_attack_step`) is a function of the decoder state and the
+batch, so one program trains a decoder per model of a sweep (`train_decoder_attack(..., sweep=True)`
+with a `stacked_oracle`, or `jax.vmap` of the step yourself).
+
+Example:
+    >>> oracle = BlackBox.from_model(model, variables, defense=defenses.gaussian_noise(sigma=0.05))
+    >>> aux, targets = cem_attack_data("inference-time", train=train, test=test)
+    >>> decoder = res_norm_decoder(feature_shape=model.feature_shape(), image_shape=model.input_shape)
+    >>> dvars = train_decoder_attack(decoder, oracle, aux.images, key=jax.random.key(200))
+    >>> x_hat = decoder_attack(decoder, dvars, oracle.query(targets.images[:256], key=k))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import pathlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jax_core
+import numpy as np
+import optax
+
+from mijax.attacks.knowledge import BlackBox
+from mijax.data.loading import Dataset
+from mijax.nn import Pure, Variables
+from mijax.train import TrainState, fit_loop
+
+SETTINGS = ("training-time", "inference-time")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecoderAttackConfig:
+    """Training settings of the decoder attack; defaults are CEM's code (`cem.md` §11).
+
+    Attributes:
+        epochs: passes over the auxiliary images (50).
+        batch_size: images per step (256).
+        learning_rate: Adam's initial step size (1e-3).
+        weight_decay: coupled L2 (PyTorch Adam's `weight_decay`, 1e-4).
+        min_learning_rate: η_min of the cosine annealing (1e-5).
+        t_max: cosine period T_max in epochs (None: `epochs`).
+    """
+
+    epochs: int = 50
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    min_learning_rate: float = 1e-5
+    t_max: int | None = None
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"expected epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+        if not (self.learning_rate > 0 and self.weight_decay >= 0 and self.min_learning_rate >= 0):
+            raise ValueError(f"expected learning_rate > 0, weight_decay >= 0, min_learning_rate >= 0, got "
+                             f"{self.learning_rate}, {self.weight_decay}, {self.min_learning_rate}")
+        if self.t_max is not None and self.t_max < 1:
+            raise ValueError(f"expected t_max >= 1 or None, got {self.t_max}")
+
+
+def cosine_per_epoch(learning_rate: float, *, t_max: int, min_learning_rate: float = 0.0,
+                     steps_per_epoch: int) -> optax.Schedule:
+    """PyTorch's `CosineAnnealingLR(T_max)` stepped once per epoch, as a schedule over steps.
+
+    `lr(step) = η_min + (lr₀ − η_min)·(1 + cos(π·e/T_max))/2` with epoch `e = ⌊step/steps_per_epoch⌋`
+    (the closed form PyTorch's recursion follows; past T_max it rises again, as in PyTorch).
+    """
+    if t_max < 1 or steps_per_epoch < 1:
+        raise ValueError(f"expected t_max >= 1 and steps_per_epoch >= 1, got {t_max}, {steps_per_epoch}")
+
+    def schedule(step):
+        epoch = (jnp.asarray(step) // steps_per_epoch).astype(jnp.float32)
+        return min_learning_rate + (learning_rate - min_learning_rate) * 0.5 * (1 + jnp.cos(jnp.pi * epoch / t_max))
+
+    return schedule
+
+
+def decoder_attack_optimizer(config: DecoderAttackConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """`torch.optim.Adam(lr, weight_decay=wd)` with per-epoch cosine annealing, as optax."""
+    schedule = cosine_per_epoch(config.learning_rate, t_max=config.t_max or config.epochs,
+                                min_learning_rate=config.min_learning_rate, steps_per_epoch=steps_per_epoch)
+    # coupled L2: PyTorch adds wd·param to the gradient before the moments (not AdamW)
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), optax.scale_by_adam(),
+                       optax.scale_by_learning_rate(schedule))
+
+
+def make_decoder_attack_step(decoder: Pure, optimizer: optax.GradientTransformation) -> Callable:
+    """`step(state, images, z_tilde, key) -> (state, metrics)`: one MSE update of the decoder.
+
+    Pure: vmap it over stacked states and features to train one decoder per model (one compiled
+    program), e.g. `jax.vmap(step, in_axes=(0, None, 0, None))`.
+
+    Args:
+        decoder: `[batch, *feature] -> [batch, *image]`, trained in train mode (BatchNorm statistics
+            are carried in `state.variables`).
+        optimizer: over `variables["params"]` (`decoder_attack_optimizer`).
+
+    Returns:
+        The step; `state` is a `mijax.train.TrainState` (its `defense_state` unused), `images`
+        `[batch, height, width, channels]` in [0,1], `z_tilde` `[batch, ...]`; metrics `{"mse"}`.
+    """
+
+    def step(state: TrainState, images, z_tilde, key):
+        def loss_fn(params):
+            out, variables = decoder.apply({**state.variables, "params": params}, z_tilde, train=True, key=key)
+            per_example = jnp.mean(jnp.square(out - images).reshape(len(images), -1), axis=-1)
+            return jnp.mean(per_example), variables
+
+        (loss, variables), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables["params"])
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.variables["params"])
+        params = optax.apply_updates(state.variables["params"], updates)
+        return TrainState(state.step + 1, {**variables, "params": params}, opt_state, ()), {"mse": loss}
+
+    return step
+
+
+def oracle_fn(oracle: BlackBox) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The oracle as `query(x, key)`: passes `key` when `oracle.query` takes one (fresh draws)."""
+    try:
+        parameters = inspect.signature(oracle.query).parameters.values()
+        keyed = any(p.name == "key" or p.kind == p.VAR_KEYWORD for p in parameters)
+    except (TypeError, ValueError):  # no signature (a builtin or C function): assume the documented form
+        keyed = True
+    if keyed:
+        return lambda x, key: oracle.query(x, key=key)
+    return lambda x, key: oracle.query(x)
+
+
+def stacked_oracle(model, variables: Variables, *, defense=None, defense_state: Any = None,
+                   variables_axis: int | None = 0, defense_axis: int | None = 0) -> BlackBox:
+    """A sweep's deployed edges as one oracle: `query(x, key)` returns `[num_models, batch, ...]`.
+
+    Model `m` is `BlackBox.from_model(model, variables[m], defense=defense,
+    defense_state=defense_state[m])`. All models draw their noise from the same `key` (common random
+    numbers: model `m` of a stacked run sees the noise a single run with that key would see).
+
+    Args:
+        model: the `SplitModel`.
+        variables: its variables with a leading model axis (`mijax.train.fit(..., sweep=True)`), or
+            shared with `variables_axis=None`.
+        defense: the deployed defense (default none).
+        defense_state: its state with a leading model axis (`mijax.defenses.stack`), or shared with
+            `defense_axis=None`; None: `defense.init()`, shared.
+        variables_axis, defense_axis: 0 for stacked, None for shared.
+
+    Returns:
+        A `BlackBox` whose `query(x, key=None)` maps `[batch, *input_shape]` to `[num_models, batch, ...]`.
+    """
+    from mijax.defenses.base import identity
+
+    defense = defense or identity()
+    if defense_state is None:
+        defense_state, defense_axis = defense.init(), None
+    if variables_axis is None and defense_axis is None:
+        raise ValueError("expected stacked variables or a stacked defense_state (an axis that is not None)")
+
+    def query(x, key=None):
+        def one(v, s):
+            return BlackBox.from_model(model, v, defense=defense, defense_state=s).query(x, key=key)
+        return jax.vmap(one, in_axes=(variables_axis, defense_axis))(variables, defense_state)
+
+    return BlackBox(query, model.input_shape)
+
+
+def _check_images(images, input_shape, name="aux_images") -> np.ndarray:
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(input_shape):
+        raise ValueError(f"expected {name} of shape [num, {', '.join(map(str, input_shape))}] (the oracle's "
+                         f"input), got {images.shape}")
+    if images.size and (images.min() < 0 or images.max() > 1):
+        raise ValueError(f"expected {name} in [0, 1], got values in [{images.min():.3g}, {images.max():.3g}]")
+    return images
+
+
+def _feature_shape(query, input_shape, sweep: bool) -> tuple[tuple[int, ...], int | None]:
+    """The oracle's feature shape and, with `sweep`, its number of stacked models."""
+    two, three = (jax.eval_shape(query, jax.ShapeDtypeStruct((n, *input_shape), jnp.float32), jax.random.key(0))
+                  for n in (2, 3))
+    stacked = two.ndim >= 3 and two.shape[0] == three.shape[0] and (two.shape[1], three.shape[1]) == (2, 3)
+    if sweep and not stacked:
+        raise ValueError(f"expected a stacked oracle returning [num_models, batch, ...] with sweep=True (see "
+                         f"stacked_oracle), got output shape {two.shape} for a batch of 2")
+    return (tuple(two.shape[2:]), int(two.shape[0])) if sweep else (tuple(two.shape[1:]), None)
+
+
+def lift_constants(fn: Callable, *example_args) -> tuple[Callable, list]:
+    """`fn` with the arrays it closes over turned into an argument: `(lifted(consts, *args), consts)`.
+
+    An oracle closes over the edge's weights; inside a jitted training step XLA would embed (and
+    constant-fold) them. `lifted` traces `fn` once at the example arguments' shapes and evaluates
+    that program with `consts` passed in, so the weights enter the step as ordinary arguments.
+    """
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*example_args)
+    treedef = jax.tree.structure(out_shape)
+
+    def lifted(consts, *args):
+        out = jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(closed.jaxpr, consts))(*jax.tree.leaves(args))
+        return jax.tree.unflatten(treedef, out)
+
+    return lifted, list(closed.consts)
+
+
+def _check_decoder(decoder: Pure, feature_shape, image_shape, name="decoder") -> None:
+    if not isinstance(decoder, Pure):
+        raise TypeError(f"expected {name} as a mijax.nn.Pure, got {type(decoder).__name__}")
+    variables = jax.eval_shape(decoder.init, jax.random.key(0))
+    out = jax.eval_shape(lambda v, z: decoder.apply(v, z)[0], variables,
+                         jax.ShapeDtypeStruct((2, *feature_shape), jnp.float32))
+    if tuple(out.shape[1:]) != tuple(image_shape):
+        raise ValueError(f"expected {name} to map features {tuple(feature_shape)} to images {tuple(image_shape)}, "
+                         f"got output {tuple(out.shape[1:])}")
+
+
+def _stack(tree, num: int):
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (num, *jnp.shape(a))).copy(), tree)
+
+
+def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
+                         config: DecoderAttackConfig = DecoderAttackConfig(), key: jax.Array,
+                         workdir: str | pathlib.Path | None = None, progress: bool = True,
+                         sweep: bool = False) -> Variables:
+    """Trains CEM's noise-aware decoder on fresh queries of the oracle (`cem.md` §11).
+
+    Each step queries `oracle` with a batch of `aux_images` (a fresh key per step, so a noisy oracle
+    adds fresh noise per batch) and takes one MSE step in pixel space; runs `mijax.train.fit_loop`
+    (checkpoints in `workdir`, a rerun resumes).
+
+    Args:
+        decoder: `[batch, *feature] -> [batch, *image]` with outputs in [0,1] (e.g.
+            `mijax.models.res_norm_decoder`).
+        oracle: the deployed edge, `query(x, key=k) -> z̃` (key optional for a deterministic oracle).
+        aux_images: the attacker's images `[num, height, width, channels]` in [0,1]
+            (`cem_attack_data`).
+        config: training settings.
+        key: PRNG key (initialisation, batch order, queries, steps).
+        workdir: checkpoint folder (None: no checkpoints).
+        progress: show a progress bar.
+        sweep: the oracle returns stacked features `[num_models, batch, ...]` (`stacked_oracle`);
+            one decoder per model is trained, all from the same initialisation, as one vmapped program.
+
+    Returns:
+        The final decoder variables (with a leading model axis if `sweep`).
+
+    Raises:
+        TypeError: if `decoder` is not a `Pure` or `oracle` not a `BlackBox`.
+        ValueError: on images of the wrong shape or range, a decoder whose output does not match the
+            images, a batch larger than the data, or invalid settings.
+    """
+    config.validate()
+    if not isinstance(oracle, BlackBox):
+        raise TypeError(f"expected oracle as a BlackBox, got {type(oracle).__name__}")
+    images = _check_images(aux_images, oracle.input_shape)
+    if not config.batch_size <= len(images):
+        raise ValueError(f"expected config.batch_size <= {len(images)} (the number of aux_images), got "
+                         f"{config.batch_size}")
+    query = oracle_fn(oracle)
+    feature_shape, num_models = _feature_shape(query, oracle.input_shape, sweep)
+    _check_decoder(decoder, feature_shape, images.shape[1:])
+    optimizer = decoder_attack_optimizer(config, len(images) // config.batch_size)
+    update = make_decoder_attack_step(decoder, optimizer)
+    if sweep:
+        update = jax.vmap(update, in_axes=(0, None, 0, None))
+    init_key, loop_key = jax.random.split(key)
+    query, consts = lift_constants(query, jax.ShapeDtypeStruct((config.batch_size, *images.shape[1:]), jnp.float32),
+                                   loop_key)
+
+    def init():
+        variables = decoder.init(init_key)
+        state = TrainState(jnp.zeros((), jnp.int32), variables, optimizer.init(variables["params"]), ())
+        return state if num_models is None else _stack(state, num_models)
+
+    def step(state, images, key, consts):
+        query_key, step_key = jax.random.split(key)
+        z_tilde = jax.lax.stop_gradient(query(consts, images, query_key))
+        return update(state, images, z_tilde, step_key)
+
+    jitted = jax.jit(step, donate_argnums=0)
+    state = fit_loop(lambda state, images, key: jitted(state, images, key, consts), jax.jit(init)(), (images,),
+                     epochs=config.epochs, batch_size=config.batch_size, key=loop_key, workdir=workdir,
+                     progress=progress, description="decoder attack")
+    return state.variables
+
+
+def decoder_attack(decoder: Pure, variables: Variables, z_observed: jax.typing.ArrayLike) -> jax.Array:
+    """Reconstructs images from observed features with a trained decoder: `x̂ = clip(d_ψ(z̃), 0, 1)`.
+
+    Pure and jittable (eval mode); vmap it over stacked `variables` and `z_observed` for a sweep.
+    Large sets: call it per batch (or `jax.lax.map` over chunks).
+
+    Args:
+        decoder: the decoder `Pure`.
+        variables: its trained variables (`train_decoder_attack`).
+        z_observed: `[batch, ...]` transmitted features z̃.
+
+    Returns:
+        `x_hat` `[batch, height, width, channels]` in [0,1].
+
+    Raises:
+        ValueError: if `z_observed` has no batch axis.
+    """
+    z_observed = jnp.asarray(z_observed)
+    if z_observed.ndim < 2:
+        raise ValueError(f"expected z_observed of shape [batch, ...], got {z_observed.shape}")
+    out, _ = decoder.apply(variables, z_observed)
+    return jnp.clip(out, 0.0, 1.0)
+
+
+def cem_attack_data(setting: str, *, train: Dataset | None = None, test: Dataset) -> tuple[Dataset, Dataset]:
+    """The attacker's auxiliary data and the targets in CEM's two settings (`cem.md` §3).
+
+    - "training-time": auxiliary = the whole private training set; targets = the whole test set.
+    - "inference-time": auxiliary = the first 90% of the test set; targets = the last 10%
+      (test images 0–8999 / 9000–9999 on CIFAR; the boundary rounds as tfds's `test[:90%]` does).
+
+    Args:
+        setting: "training-time" or "inference-time".
+        train: the training split (needed for "training-time").
+        test: the test split.
+
+    Returns:
+        `(auxiliary, targets)` as `mijax.data.Dataset`s (labels kept, for attack accuracy).
+
+    Raises:
+        ValueError: on an unknown setting or a missing split.
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f"expected setting in {SETTINGS}, got {setting!r}")
+    if setting == "training-time":
+        if train is None:
+            raise ValueError("the 'training-time' setting needs train (the auxiliary data)")
+        return train, test
+    cut = round(len(test.labels) * 90 / 100)  # tfds: round(percent · n / 100)
+    split = lambda s: test._replace(images=test.images[s], labels=test.labels[s])
+    return split(slice(None, cut)), split(slice(cut, None))
