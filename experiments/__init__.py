@@ -9,6 +9,7 @@ from types import ModuleType
 EXPERIMENTS = {
     "demo": "experiments.demo",
     "he2019": "experiments.he2019",
+    "cem": "experiments.cem",
 }
 
 
