@@ -33,7 +33,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mijax.defenses import cem_loss, fit_mixture
@@ -143,7 +142,7 @@ def main() -> None:
     print(row("PyTorch", ref["fit_cov_seconds"], 1.0, "s") + "  (+ the authors' per-refit covariances)")
     print(f"    speed-up: {ratio(ref['fit_seconds'], fit_s)}; with covariances "
           f"{ratio(ref['fit_cov_seconds'], fit_s)}  (target >= 10x)")
-    print(f"  early stop (the per-epoch refit as used):")
+    print("  early stop (the per-epoch refit as used):")
     print(row("mijax", early_s, 1.0, "s") + f"  ({int(early_iterations)} iterations, all classes at once)")
     print(row("PyTorch", ref["fit_early_seconds"], 1.0, "s") +
           f"  (iterations per class {ref['fit_early_iterations'].tolist()})")

@@ -107,14 +107,15 @@ class Config:
                                          2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
     dropout_rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     input_noise: bool = True  # also sweep noise on the input (IoT-J: costs more accuracy)
+    defense_test_size: int = 0  # test images for the defense curves' accuracy (0 = the whole test set)
 
 
 PRESETS = {
     "paper": Config(),
-    "smoke": Config(train_size=5000, epochs=2, batch_size=64, lr_halving_epochs=1, whitebox_steps=300,
-                    whitebox_learning_rate=5e-2, inverse_images=2000, inverse_epochs=3, shadow_images=2000,
-                    shadow_epochs=2, shadow_steps=200, defense_steps=150, sigmas=(0.0, 1.0, 2.0, 4.0),
-                    laplace_scales=(0.0, 1.0, 2.0), dropout_rates=(0.0, 0.3, 0.6, 0.9)),
+    "smoke": Config(train_size=4000, epochs=2, batch_size=64, lr_halving_epochs=1, whitebox_steps=300,
+                    whitebox_learning_rate=5e-2, inverse_images=1500, inverse_epochs=3, shadow_images=1000,
+                    shadow_epochs=2, shadow_steps=150, defense_steps=100, defense_test_size=2000,
+                    sigmas=(0.0, 1.0, 2.0, 4.0), laplace_scales=(0.0, 1.0, 2.0), dropout_rates=(0.0, 0.3, 0.6, 0.9)),
     "tiny": Config(datasets=("mnist",), train_size=512, epochs=1, lr_halving_epochs=1, whitebox_steps=10,
                    inverse_images=64, inverse_epochs=1, shadow_images=64, shadow_epochs=1, shadow_steps=5,
                    defense_cuts=("relu2",), defense_steps=5, sigmas=(0.0, 1.0), laplace_scales=(0.0, 1.0),
@@ -229,7 +230,8 @@ def _defense_curves(name, model, variables, test, targets, config, key):
     for label, field, values, make in sweeps:
         defense = make(0.0)
         states = defenses.stack([make(v).init() for v in values])
-        accuracy = evaluate(cut_model, variables, test.images, test.labels, defense=defense,
+        n = config.defense_test_size or None
+        accuracy = evaluate(cut_model, variables, test.images[:n], test.labels[:n], defense=defense,
                             defense_state=states, key=key, sweep="defense")
 
         @jax.jit

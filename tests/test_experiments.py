@@ -2,7 +2,7 @@
 
 import json
 
-import pytest
+import numpy as np
 
 import experiments
 
@@ -28,3 +28,21 @@ def test_he2019_tiny(data_dir, tmp_path):
     assert {r["cut"] for r in whitebox} == {"conv1", "relu2"}
     assert all(r["published_ssim"] > 0 for r in whitebox)
     assert "first of each class" in results["evaluated_images"]["mnist"]
+
+
+def test_cem_tiny(data_dir, tmp_path):
+    module = experiments.get("cem")
+    config = module.get_config("tiny")
+    results = module.run(config, tmp_path, progress=False)
+    for name in ("results.json", "results.csv", "config.json", "tables.md", "log_det_monitor.png",
+                 "reconstructions_training-time.png", "reconstructions_inference-time.png",
+                 "reconstructions_gan.png", "privacy_utility_inference-time.png", "privacy_utility_gan.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    rows = results["rows"]
+    assert [(r["sigma"], r["lam"]) for r in rows] == module.grid(config)
+    for row in rows:
+        for attack in module.ATTACKS:
+            assert 0 < row[f"{attack} mse"] < 1 and -1 <= row[f"{attack} ssim"] <= 1, (row, attack)
+    assert len(results["gains"]) == len(config.sigmas) * (len(config.lams) - 1)
+    monitor = results["log_det_monitor"]  # after each epoch's mixture refit
+    assert set(monitor) == {"1", "2"} and np.all(np.isfinite([monitor["1"], monitor["2"]]))

@@ -36,6 +36,7 @@ from jax.extend import core as jax_core
 import numpy as np
 import optax
 
+from mijax.attacks.inverse_network import check_decoder
 from mijax.attacks.knowledge import BlackBox
 from mijax.data.loading import Dataset
 from mijax.nn import Pure, Variables
@@ -216,19 +217,25 @@ def lift_constants(fn: Callable, *example_args) -> tuple[Callable, list]:
     return lifted, list(closed.consts)
 
 
-def _check_decoder(decoder: Pure, feature_shape, image_shape, name="decoder") -> None:
-    if not isinstance(decoder, Pure):
-        raise TypeError(f"expected {name} as a mijax.nn.Pure, got {type(decoder).__name__}")
-    variables = jax.eval_shape(decoder.init, jax.random.key(0))
-    out = jax.eval_shape(lambda v, z: decoder.apply(v, z)[0], variables,
-                         jax.ShapeDtypeStruct((2, *feature_shape), jnp.float32))
-    if tuple(out.shape[1:]) != tuple(image_shape):
-        raise ValueError(f"expected {name} to map features {tuple(feature_shape)} to images {tuple(image_shape)}, "
-                         f"got output {tuple(out.shape[1:])}")
-
-
 def _stack(tree, num: int):
     return jax.tree.map(lambda a: jnp.broadcast_to(a, (num, *jnp.shape(a))).copy(), tree)
+
+
+def prepare_queries(decoder: Pure, oracle: BlackBox, aux_images, config, sweep: bool,
+                    name: str = "decoder") -> tuple[np.ndarray, Callable, int | None]:
+    """Checks the inputs of a decoder-training attack; returns the images, `query(x, key)` and the
+    number of stacked models (None without `sweep`)."""
+    config.validate()
+    if not isinstance(oracle, BlackBox):
+        raise TypeError(f"expected oracle as a BlackBox, got {type(oracle).__name__}")
+    images = _check_images(aux_images, oracle.input_shape)
+    if not config.batch_size <= len(images):
+        raise ValueError(f"expected config.batch_size <= {len(images)} (the number of aux_images), got "
+                         f"{config.batch_size}")
+    query = oracle_fn(oracle)
+    feature_shape, num_models = _feature_shape(query, oracle.input_shape, sweep)
+    check_decoder(decoder, feature_shape, images.shape[1:], name=name)
+    return images, query, num_models
 
 
 def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
@@ -262,16 +269,7 @@ def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
         ValueError: on images of the wrong shape or range, a decoder whose output does not match the
             images, a batch larger than the data, or invalid settings.
     """
-    config.validate()
-    if not isinstance(oracle, BlackBox):
-        raise TypeError(f"expected oracle as a BlackBox, got {type(oracle).__name__}")
-    images = _check_images(aux_images, oracle.input_shape)
-    if not config.batch_size <= len(images):
-        raise ValueError(f"expected config.batch_size <= {len(images)} (the number of aux_images), got "
-                         f"{config.batch_size}")
-    query = oracle_fn(oracle)
-    feature_shape, num_models = _feature_shape(query, oracle.input_shape, sweep)
-    _check_decoder(decoder, feature_shape, images.shape[1:])
+    images, query, num_models = prepare_queries(decoder, oracle, aux_images, config, sweep)
     optimizer = decoder_attack_optimizer(config, len(images) // config.batch_size)
     update = make_decoder_attack_step(decoder, optimizer)
     if sweep:

@@ -32,18 +32,9 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from mijax.attacks.decoder_attack import (
-    _check_decoder,
-    _check_images,
-    _feature_shape,
-    _stack,
-    cosine_per_epoch,
-    lift_constants,
-    oracle_fn,
-)
+from mijax.attacks.decoder_attack import _stack, cosine_per_epoch, lift_constants, prepare_queries
 from mijax.attacks.knowledge import BlackBox
 from mijax.nn import Pure, Variables
 from mijax.train import fit_loop
@@ -241,16 +232,7 @@ def gan_finetune(generator: Pure, generator_variables: Variables, critic: Pure, 
         ValueError: on images of the wrong shape or range, mismatched networks, a batch larger than
             the data, or invalid settings.
     """
-    config.validate()
-    if not isinstance(oracle, BlackBox):
-        raise TypeError(f"expected oracle as a BlackBox, got {type(oracle).__name__}")
-    images = _check_images(aux_images, oracle.input_shape)
-    if not config.batch_size <= len(images):
-        raise ValueError(f"expected config.batch_size <= {len(images)} (the number of aux_images), got "
-                         f"{config.batch_size}")
-    query = oracle_fn(oracle)
-    feature_shape, num_models = _feature_shape(query, oracle.input_shape, sweep)
-    _check_decoder(generator, feature_shape, images.shape[1:], name="generator")
+    images, query, num_models = prepare_queries(generator, oracle, aux_images, config, sweep, name="generator")
     if not isinstance(critic, Pure):
         raise TypeError(f"expected critic as a mijax.nn.Pure, got {type(critic).__name__}")
     try:

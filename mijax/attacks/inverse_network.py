@@ -216,14 +216,15 @@ def attacker_images(setting: str, *, train_images=None, auxiliary_images=None, n
     return _check_images(images, name)[:num]
 
 
-def _check_decoder(decoder: Pure, feature_shape, image_shape) -> None:
+def check_decoder(decoder: Pure, feature_shape, image_shape, name: str = "the decoder") -> None:
+    """Raises unless `decoder` is a `Pure` mapping `[batch, *feature_shape]` to `[batch, *image_shape]`."""
     if not isinstance(decoder, Pure):
-        raise TypeError(f"expected the decoder as a mijax.nn.Pure, got {type(decoder).__name__}")
+        raise TypeError(f"expected {name} as a mijax.nn.Pure, got {type(decoder).__name__}")
     variables = jax.eval_shape(decoder.init, jax.random.key(0))
     out = jax.eval_shape(lambda v, z: decoder.apply(v, z)[0], variables,
                          jax.ShapeDtypeStruct((2, *feature_shape), jnp.float32))
     if tuple(out.shape[1:]) != tuple(image_shape):
-        raise ValueError(f"expected the decoder to map features {tuple(feature_shape)} to images "
+        raise ValueError(f"expected {name} to map features {tuple(feature_shape)} to images "
                          f"{tuple(image_shape)}, got output {tuple(out.shape[1:])}")
 
 
@@ -272,7 +273,7 @@ def train_inverse_network(decoder: Pure, features, images, *,
             raise ValueError(f"expected features of shape [{num}, ...] matching images, got {features.shape}")
         feature_shape = features.shape[1:]
         arrays = (features, images)
-    _check_decoder(decoder, feature_shape, images.shape[1:])
+    check_decoder(decoder, feature_shape, images.shape[1:])
     if not 0 < config.batch_size <= num:
         raise ValueError(f"expected config.batch_size in [1, {num}], got {config.batch_size}")
     optimizer = config.optimizer(num // config.batch_size)

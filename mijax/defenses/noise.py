@@ -7,7 +7,6 @@ inference only; CEM (Xia et al. 2025) also trains with Gaussian feature noise.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from mijax.defenses.base import Defense, check_scalar
 

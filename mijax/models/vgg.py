@@ -211,7 +211,7 @@ def vgg11_bn_sgm(*, cut: int | str = 4, num_classes: int = 10, image_size: int =
                  bottleneck_channels: int = 8, bottleneck_stride: int = 1, bottleneck_kernel: int = 3,
                  bottleneck_relu: bool = False, sigmoid: bool = True,
                  normalization: Normalization = CIFAR10, matmul_small_maps: bool = True,
-                 width_multiplier: float = 1.0) -> SplitModel:
+                 width_multiplier: float = 1.0, matmul_everywhere: bool = False) -> SplitModel:
     """CEM's VGG-11-BN with a sigmoid bottleneck (`vgg11_bn_sgm`, cem.md §1), inputs `image_size`²×3.
 
     At 32 px with the defaults:
@@ -251,6 +251,9 @@ def vgg11_bn_sgm(*, cut: int | str = 4, num_classes: int = 10, image_size: int =
         width_multiplier: scales every convolution's channels and the classifier's hidden units
             (512) by this factor, rounded, at least 1; the bottleneck (`bottleneck_channels`) and the
             classes are unchanged. 1 is the reference network; smaller values give cheap CPU checks.
+        matmul_everywhere: every convolution as an im2col matmul. Under `vmap` over stacked
+            weights (a σ×λ grid) `lax.conv` becomes a grouped convolution, which XLA-CPU runs about
+            3× slower than the batched matmuls (`benchmarks/cem_grid.py`).
 
     Returns:
         The `SplitModel`.
@@ -272,6 +275,7 @@ def vgg11_bn_sgm(*, cut: int | str = 4, num_classes: int = 10, image_size: int =
         raise ValueError(f"expected width_multiplier > 0, got {width_multiplier}")
     network, default = _network(index, num_classes, image_size, bottleneck_channels, bottleneck_stride,
                                 bottleneck_kernel, bottleneck_relu, sigmoid,
-                                MATMUL_MAX_SIZE if matmul_small_maps else 0, float(width_multiplier))
+                                image_size if matmul_everywhere else MATMUL_MAX_SIZE if matmul_small_maps else 0,
+                                float(width_multiplier))
     return SplitModel(network, name or default, normalization, (image_size, image_size, 3), num_classes,
                       cuts=(default,))

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mijax.attacks import BlackBox, GanConfig, gan_finetune, gradient_penalty, stacked_oracle
+from mijax.attacks import BlackBox, GanConfig, gan_finetune, gradient_penalty
 from mijax.attacks.gan import GanState, _adam_direction, make_gan_step
 from mijax.models import dgwgan32, res_norm_decoder
 from mijax.models.critics import InstanceNorm

@@ -188,3 +188,13 @@ def test_width_multiplier_scales_all_but_bottleneck_and_classes():
     assert jax.tree.map(jnp.shape, full) == jax.tree.map(jnp.shape, _abstract_logits(vgg11_bn_sgm())[0])
     with pytest.raises(ValueError, match="width_multiplier"):
         vgg11_bn_sgm(width_multiplier=0)
+
+
+def test_matmul_everywhere_is_the_same_function():
+    fast, plain = vgg11_bn_sgm(width_multiplier=1 / 16, matmul_everywhere=True), vgg11_bn_sgm(width_multiplier=1 / 16)
+    variables = random_variables(plain)
+    x = jax.random.uniform(jax.random.key(2), (3, 32, 32, 3))
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(lambda v, x: fast.forward(v, x)[0])(variables, x))
+    outputs = [jax.jit(lambda v, x: model.forward(v, x, train=True, key=jax.random.key(0))[0])(variables, x)
+               for model in (fast, plain)]
+    np.testing.assert_allclose(*outputs, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,88 @@
+"""Benchmark: CEM's 15-configuration σ×λ grid as one vmapped train step vs 15 sequential runs.
+
+    python benchmarks/cem_grid.py [--width 0.25] [--batch 128] [--steps 5]
+
+One training step of `vgg11_bn_sgm` (width multiplier `--width`) with Gaussian noise + the CEM term
+(fitted random mixture, 10 classes × 5 components) at batch 128 on CIFAR-shaped random data, SGD
+momentum 0.9. "grid": the 15 configurations σ ∈ {0.01, 0.025, 0.05, 0.1, 0.15} × λ ∈ {0, 8, 16}
+as one jitted, vmapped step (stacked states, shared batch), as `mijax.train.fit(..., sweep=True)` runs
+it. "sequential": the single-configuration jitted step, run once per configuration (15 runs of the
+same compiled program). Both with the convolutions as `lax.conv` (the default) and as im2col matmuls
+(`matmul_everywhere=True`, what `experiments/cem.py` uses). Times exclude compilation (reported
+apart); median of `--steps` steps. Target: grid at least as fast as sequential (ratio ≥ 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mijax import defenses
+from mijax.defenses import Mixture
+from mijax.models import vgg11_bn_sgm
+from mijax.train import init_train_state, make_train_step
+
+SIGMAS, LAMS = (0.01, 0.025, 0.05, 0.1, 0.15), (0.0, 8.0, 16.0)
+
+
+def _defense_state(defense, sigma, lam, key):
+    noise, cem = defenses.cem_with_noise(lam=lam, sigma=sigma, num_classes=10, feature_dim=512,
+                                         samples_per_class=5000).init()
+    mixture = Mixture(means=jax.random.uniform(key, (10, 5, 512)), weights=jnp.full((10, 5), 0.2),
+                      variances=jnp.full((10, 5), 0.01), counts=jnp.full((10, 5), 1000, jnp.int32))
+    return noise, {**cem, "mixture": mixture, "fitted": jnp.ones((), jnp.float32)}
+
+
+def _time(step, state, images, labels, steps):
+    start = time.perf_counter()
+    state, metrics = step(state, images, labels, jax.random.key(0))
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    times = []
+    for t in range(steps):
+        start = time.perf_counter()
+        state, metrics = step(state, images, labels, jax.random.key(t + 1))
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return compile_s, float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(args.batch, 32, 32, 3)).astype(np.float32)
+    labels = (np.arange(args.batch) % 10).astype(np.int32)
+    optimizer = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.05, momentum=0.9))
+    configs = [(s, lam) for s in SIGMAS for lam in LAMS]
+    defense = defenses.cem_with_noise(lam=0.0, sigma=0.01, num_classes=10, feature_dim=512, samples_per_class=5000)
+    states = [_defense_state(defense, s, lam, jax.random.key(1)) for s, lam in configs]
+    print(f"backend {jax.default_backend()}, vgg11_bn_sgm width {args.width}, batch {args.batch}, "
+          f"{len(configs)} configurations, median of {args.steps} steps")
+    for everywhere in (False, True):
+        model = vgg11_bn_sgm(width_multiplier=args.width, matmul_everywhere=everywhere)
+        step = make_train_step(model, optimizer, defense)
+        init = lambda s: init_train_state(model, optimizer, jax.random.key(0), s)
+        single = jax.jit(step, donate_argnums=0)
+        single_compile, single_s = _time(single, jax.jit(init)(states[0]), images, labels, args.steps)
+        grid = jax.jit(jax.vmap(step, in_axes=(0, None, None, None)), donate_argnums=0)
+        grid_compile, grid_s = _time(grid, jax.jit(jax.vmap(init))(defenses.stack(states)), images, labels,
+                                     args.steps)
+        sequential = len(configs) * single_s
+        print(f"convolutions as {'im2col matmuls' if everywhere else 'lax.conv (matmul on 2x2 maps)'}:")
+        print(f"  grid (vmapped)   : {grid_s:7.3f} s/step  (compile {grid_compile:.1f} s)")
+        print(f"  sequential (15x) : {sequential:7.3f} s/step  ({single_s:.3f} s each, compile {single_compile:.1f} s)")
+        print(f"  ratio sequential / grid: {sequential / grid_s:.2f} (target >= 1)")
+
+
+if __name__ == "__main__":
+    main()
