@@ -22,8 +22,7 @@ convolution on tiny maps with many channels (DESIGN.md, performance notes; about
 convolution on a 2×2 map, forward + backward, against 0.1 s as a matmul), so the two convolutions on
 2×2 maps use the matmul path (`matmul_small_maps=True`; on 4×4 and larger maps `lax.conv` is as fast
 or faster), and the select-and-scatter gradient of `lax.reduce_window` max pooling (5-20× slower
-than `vgg.max_pool_2x2`). Measured on a shared, heavily loaded 2-core CPU (load 6-10) the ratio
-was 1.3-2.5; to be re-measured on a quiet machine.
+than `vgg.max_pool_2x2`). Results: BENCHMARKS.md (on a quiet 2-core CPU the target is not met yet).
 """
 
 from __future__ import annotations

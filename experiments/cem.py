@@ -19,9 +19,9 @@ Spec: `../shared/methods/cem.md`.
 
 Presets: `paper` follows the spec (240 epochs, SGD 0.05 with milestones, lr coupling on, full data,
 full decoders, 50 + 150 attack epochs; for a GPU/TPU). `smoke` (< 15 min on 2 CPU cores) keeps
-the spec's optimiser, schedule and lr coupling but trains a VGG at 1/8 width on the first 8,000
+the spec's optimiser, schedule and lr coupling but trains a VGG at 1/8 width on the first 6,400
 training images for 5 epochs (lr 0.05 throughout, so the CEM step is λ·s = λ·0.02), scores on the
-first 2,000 test images, and uses small decoders (1 block, 16 channels) trained for 3 epochs on
+first 2,000 test images, and uses small decoders (1 block, 16 channels) trained for 2 epochs on
 3,000 training images / 1,800 test images, and 1 GAN epoch. `faces` runs the face-data setting
 on the Olivetti faces (64×64 grey, replicated to 3 channels, z ∈ (0,1)^{8×16×16}, 40 identities).
 `tiny` is for tests.
@@ -104,9 +104,9 @@ class Config:
 
 PRESETS = {
     "paper": Config(),
-    "smoke": Config(width_multiplier=0.125, train_images=8000, test_images=2000, epochs=5,
+    "smoke": Config(width_multiplier=0.125, train_images=6400, test_images=2000, epochs=5,
                     monitor_every=1, monitor_images=1000, attack_train_images=3000,
-                    decoder_epochs=3, decoder_blocks=1, decoder_channels=16, decoder_batch_size=64,
+                    decoder_epochs=2, decoder_blocks=1, decoder_channels=16, decoder_batch_size=64,
                     gan_epochs=1, gan_batch_size=64, gan_n_critic=5, critic_width=16),
     "faces": Config(dataset="olivetti_faces", width_multiplier=0.25, epochs=60, batch_size=32,
                     milestones=(30, 45), learning_rate=0.02, monitor_every=5,

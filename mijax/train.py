@@ -194,9 +194,12 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
         state = checkpointer.restore(state)
     bar = tqdm(total=total, initial=start, desc=description, disable=not progress, leave=False)
     try:
+        order_epoch, order = None, None
         for t in range(start, total):
             epoch, index = divmod(t, steps_per_epoch)
-            order = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, epoch), num))
+            if epoch != order_epoch:  # once per epoch: it syncs with the device
+                order_epoch = epoch
+                order = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, epoch), num))
             batch = order[index * batch_size:(index + 1) * batch_size]
             state, metrics = step(state, *(a[batch] for a in arrays), jax.random.fold_in(step_key, t))
             if epoch_end is not None and index == steps_per_epoch - 1:
