@@ -30,7 +30,7 @@ def test_demo_tiny_preset_writes_every_report_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["run", "nope"], "unknown experiment 'nope'; valid: demo"),
+    (["run", "nope"], "unknown experiment 'nope'; valid: cem, demo, he2019"),
     (["demo", "--preset", "huge"], "unknown preset 'huge'; valid: default, tiny"),
     (["demo", "--set", "epoch=3"], "unknown key 'epoch'; valid keys: seed, "),
     (["demo", "--set", "epochs=three"], "bad value for epochs: expected int, got 'three'"),

@@ -13,7 +13,7 @@ from mijax.train import fit
 SIGMAS, LAMS = (0.01, 0.025, 0.05, 0.1, 0.15), (0.0, 8.0, 16.0)
 
 
-def _setup(num_images=96):
+def _setup(num_images=64):
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(num_images, 32, 32, 3)).astype(np.float32)
     labels = rng.integers(0, 10, size=num_images).astype(np.int32)
