@@ -23,8 +23,9 @@ the spec's optimiser, schedule and lr coupling but trains a VGG at 1/8 width on 
 training images for 5 epochs (lr 0.05 throughout, so the CEM step is λ·s = λ·0.02), scores on the
 first 2,000 test images, and uses small decoders (1 block, 16 channels) trained for 2 epochs on
 3,000 training images / 1,800 test images, and 1 GAN epoch. `faces` runs the face-data setting
-on the Olivetti faces (64×64 grey, replicated to 3 channels, z ∈ (0,1)^{8×16×16}, 40 identities).
-`tiny` is for tests.
+on the Olivetti faces (64×64 grey, replicated to 3 channels, z ∈ (0,1)^{8×16×16}, 40 identities;
+hours on 2 CPU cores: a run with `--set epochs=3 --set decoder_epochs=3 --set gan_epochs=1` took 12
+minutes). `tiny` is for tests.
 The published table values are unknown (`cem.md` §13): RESULTS.md compares against the abstract's
 claim of average robustness gains of 12.9%–48.2%.
 """
