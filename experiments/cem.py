@@ -33,6 +33,7 @@ claim of average robustness gains of 12.9%–48.2%.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import time
@@ -177,14 +178,19 @@ def _attack_scores(x_hat, targets) -> dict[str, float]:
             "psnr": float(metrics.batch_psnr(x_hat, targets, batch_size=256))}
 
 
-def _reconstruct(decoder, decoder_variables, oracle, images, key, batch_size=256) -> np.ndarray:
-    """`[num_models, N, ...]` reconstructions of `images` from fresh noisy queries, batch by batch."""
-    @jax.jit
-    def one(decoder_variables, x, key):
-        z = oracle.query(x, key=key)
-        return jax.vmap(lambda v, z: decoder_attack(decoder, v, z))(decoder_variables, z)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _reconstruct_batch(model, decoder, variables, noise_state, decoder_variables, x, key):
+    # the weights are arguments, not closures: XLA would constant-fold them into the program
+    oracle = stacked_oracle(model, variables, defense=defenses.gaussian_noise(0.0), defense_state=noise_state)
+    z = oracle.query(x, key=key)
+    return jax.vmap(lambda v, z: decoder_attack(decoder, v, z))(decoder_variables, z)
 
-    return np.concatenate([np.asarray(one(decoder_variables, images[s:s + batch_size], jax.random.fold_in(key, s)))
+
+def _reconstruct(model, decoder, variables, noise_state, decoder_variables, images, key,
+                 batch_size=256) -> np.ndarray:
+    """`[num_models, N, ...]` reconstructions of `images` from fresh noisy queries, batch by batch."""
+    return np.concatenate([np.asarray(_reconstruct_batch(model, decoder, variables, noise_state, decoder_variables,
+                                                         images[s:s + batch_size], jax.random.fold_in(key, s)))
                            for s in range(0, len(images), batch_size)], axis=1)
 
 
@@ -239,8 +245,8 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
                         defense_state=state.defense_state, key=eval_key, sweep=True)
 
     # attacks: the attacker knows σ and queries the deployed (noisy, eval-mode) edges
-    noise = defenses.gaussian_noise(sigma=0.0)
-    oracle = stacked_oracle(model, state.variables, defense=noise, defense_state=state.defense_state[0])
+    noise_state = state.defense_state[0]
+    oracle = stacked_oracle(model, state.variables, defense=defenses.gaussian_noise(0.0), defense_state=noise_state)
     decoder = res_norm_decoder(feature_shape=feature_shape, image_shape=train.images.shape[1:],
                                num_blocks=config.decoder_blocks, channels=config.decoder_channels,
                                matmul=True)
@@ -258,7 +264,8 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
         decoders[setting] = train_decoder_attack(
             decoder, oracle, aux.images, config=attack_config, key=jax.random.fold_in(attack_key, i),
             workdir=workdir / f"decoder_{setting}", progress=progress, sweep=True)
-        x_hat = _reconstruct(decoder, decoders[setting], oracle, targets.images, jax.random.fold_in(eval_key, i))
+        x_hat = _reconstruct(model, decoder, state.variables, noise_state, decoders[setting], targets.images,
+                             jax.random.fold_in(eval_key, i))
         timings[f"decoder {setting}"] = time.perf_counter() - t
         for m, row in enumerate(rows):
             row.update({f"{setting} {k}": v for k, v in _attack_scores(x_hat[m], targets.images).items()})
@@ -272,7 +279,8 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     generator = gan_finetune(decoder, decoders["inference-time"], critic, oracle, attacker_train.images,
                              config=gan_config, key=jax.random.fold_in(attack_key, 2), workdir=workdir / "gan",
                              progress=progress, sweep=True)
-    x_hat = _reconstruct(decoder, generator, oracle, targets.images, jax.random.fold_in(eval_key, 2))
+    x_hat = _reconstruct(model, decoder, state.variables, noise_state, generator, targets.images,
+                         jax.random.fold_in(eval_key, 2))
     timings["gan"] = time.perf_counter() - t
     for m, row in enumerate(rows):
         row.update({f"gan {k}": v for k, v in _attack_scores(x_hat[m], targets.images).items()})

@@ -10,6 +10,7 @@ models that differ in their defense settings (σ, λ, ...) as one vmapped progra
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from typing import Any, Callable, NamedTuple
 
@@ -144,8 +145,7 @@ def evaluate(model: SplitModel, variables: Variables, images, labels, *, defense
 def features(model: SplitModel, variables: Variables, images, *, batch_size: int = 256,
              sweep: bool = False) -> np.ndarray:
     """Clean eval-mode edge features `f(x)` for all `images` ([num_models, N, ...] if `sweep`)."""
-    fn = lambda v, x: model.edge_apply(v, x)[0]
-    fn = jax.jit(jax.vmap(fn, in_axes=(0, None)) if sweep else fn)
+    fn = _edge_program(model, sweep)
     images = np.asarray(images)
     axis = 1 if sweep else 0
     return np.concatenate([np.asarray(fn(variables, images[s:s + batch_size]))
@@ -277,6 +277,17 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
 
 def _epoch_update(model, defense, state, images, labels, key, sweep):
     feats = features(model, state.variables, images, sweep=sweep)
-    update = jax.jit(jax.vmap(defense.epoch_update, in_axes=(0, 0, None, None)) if sweep
-                     else defense.epoch_update)
+    update = _epoch_update_program(defense.epoch_update, sweep)
     return state._replace(defense_state=update(state.defense_state, feats, labels, key))
+
+
+# Compiled once per model / defense: `fit` calls them after every epoch.
+@functools.lru_cache(maxsize=None)
+def _edge_program(model: SplitModel, sweep: bool) -> Callable:
+    fn = lambda v, x: model.edge_apply(v, x)[0]
+    return jax.jit(jax.vmap(fn, in_axes=(0, None)) if sweep else fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _epoch_update_program(epoch_update: Callable, sweep: bool) -> Callable:
+    return jax.jit(jax.vmap(epoch_update, in_axes=(0, 0, None, None)) if sweep else epoch_update)

@@ -55,6 +55,15 @@ def he2019_optimizer(learning_rate: float, *, eps: float, halve_every: int,
     return torch_amsgrad(schedule, eps=eps)
 
 
+def check_he2019_schedule(config) -> None:
+    """Raises unless a config's `epochs`, `batch_size`, `halve_every` >= 1 and `learning_rate` > 0."""
+    for name in ("epochs", "batch_size", "halve_every"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"expected {name} >= 1, got {getattr(config, name)}")
+    if not config.learning_rate > 0:
+        raise ValueError(f"expected learning_rate > 0, got {config.learning_rate}")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class InverseNetworkConfig:
     """Training settings of the inverse network; defaults are the authors' code (`he2019.md` §4).
@@ -82,11 +91,7 @@ class InverseNetworkConfig:
     requery: bool = False
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "halve_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"expected learning_rate > 0, got {self.learning_rate}")
+        check_he2019_schedule(self)
 
     def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
         return he2019_optimizer(self.learning_rate, eps=self.eps, halve_every=self.halve_every,

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mijax.attacks.inverse_network import he2019_optimizer
+from mijax.attacks.inverse_network import check_he2019_schedule, he2019_optimizer
 from mijax.attacks.knowledge import QueryFree, WhiteBox
 from mijax.attacks.rmle import RMLEConfig, rmle
 from mijax.data.transforms import Normalization
@@ -70,11 +70,7 @@ class ShadowConfig:
     inversion: RMLEConfig = dataclasses.field(default_factory=_code_inversion)
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "halve_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"expected learning_rate > 0, got {self.learning_rate}")
+        check_he2019_schedule(self)
         self.inversion.validate()
 
 

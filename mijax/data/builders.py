@@ -28,6 +28,7 @@ registers its own, TensorFlow-based `mnist` and `cifar10`:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import gzip
 import hashlib
@@ -304,8 +305,9 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for i, (image, label) in enumerate(zip(images, labels)):
             yield i, {"image": image, "label": int(label)}
 
+    @abc.abstractmethod
     def _read(self, find: Callable[..., pathlib.Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        raise NotImplementedError
+        """Each dataset's reader: `{split: (images, labels)}` from the official files `find` locates."""
 
 
 class MijaxDigits(_Builder):
