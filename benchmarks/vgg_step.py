@@ -15,14 +15,14 @@ drifts), after warm-up; the ratio is the median over rounds of the per-round med
 
 `--per-layer` also times forward + backward of every 3×3 convolution of the network at its map
 size with `lax.conv` and with the im2col matmul path (how `vgg.MATMUL_MAX_SIZE` was chosen), and
-of each 2×2 max pooling with `lax.reduce_window` and with `vgg.max_pool_2x2`.
+of each 2×2 max pooling with `lax.reduce_window` and with `mijax.nn.max_pool`.
 
 Target: mijax at least as fast as PyTorch (ratio PyTorch / mijax ≥ 1). The obstacles are XLA-CPU's
 convolution on tiny maps with many channels (DESIGN.md, performance notes; about 10 s per 512→512
 convolution on a 2×2 map, forward + backward, against 0.1 s as a matmul), so the two convolutions on
 2×2 maps use the matmul path (`matmul_small_maps=True`; on 4×4 and larger maps `lax.conv` is as fast
 or faster), and the select-and-scatter gradient of `lax.reduce_window` max pooling (5-20× slower
-than `vgg.max_pool_2x2`). Results: BENCHMARKS.md (on a quiet 2-core CPU the target is not met yet).
+than `mijax.nn.max_pool`). Results: BENCHMARKS.md (on a quiet 2-core CPU the target is not met yet).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from mijax.defenses import Mixture, cem_with_noise
 from mijax.models import vgg
@@ -62,7 +63,7 @@ def _conv_grad(conv, input_grad):
 
 def per_layer(model, batch: int, steps: int) -> None:
     """Forward + backward of each convolution of `model` at its map size, both implementations, and of
-    the 2×2 max pooling (`lax.reduce_window` vs `vgg.max_pool_2x2`)."""
+    the 2×2 max pooling (`lax.reduce_window` vs `mijax.nn.max_pool`)."""
     network = model.network
     variables = jax.eval_shape(model.init, jax.random.key(0))
     x = jax.ShapeDtypeStruct((batch, *model.input_shape), "float32")
@@ -89,12 +90,12 @@ def per_layer(model, batch: int, steps: int) -> None:
         elif name.startswith("pool"):
             h = jax.random.normal(key, shape)
             times = []
-            for pool in (max_pool, vgg.max_pool_2x2):
+            for pool in (lambda h: nnx.max_pool(h, (2, 2), strides=(2, 2)), max_pool):
                 grad = jax.jit(jax.grad(lambda h: jnp.sum(pool(h) ** 2)))
                 jax.block_until_ready(grad(h))
                 times.append(1e3 * _median_time(lambda: grad(h), steps))
             print(f"  {name:10s} {shape[1]:2d}×{shape[2]:<2d}×{shape[3]:<4d}  {times[0]:9.1f} {times[1]:8.1f}   "
-                  "(reduce_window / slices: max_pool_2x2)")
+                  "(reduce_window / slices: mijax.nn.max_pool)")
         out = jax.eval_shape(lambda v, h: network.apply(v, h, start=name, stop=name)[0], variables,
                              jax.ShapeDtypeStruct(shape, "float32"))
         shape = out.shape

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from mijax.models import vgg11_bn_sgm
-from mijax.models.vgg import dropout_layer, max_pool_2x2
-from mijax.nn import max_pool, num_params
+from mijax.models.vgg import dropout_layer
+from mijax.nn import num_params
 
 KEY = jax.random.key(0)
 
@@ -160,15 +160,6 @@ def test_initialisation_statistics():
         assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
         assert np.abs(np.asarray(params[name]["conv"]["bias"])).max() > 0
     np.testing.assert_array_equal(params["bn3"]["bn"]["scale"], 1)
-
-
-def test_max_pool_matches_reduce_window_values_and_gradient():
-    x = jax.nn.relu(jax.random.normal(KEY, (2, 6, 5, 3)))  # many ties at 0
-    x = x.at[0, 0, 0, 0].set(1.0).at[0, 0, 1, 0].set(1.0)  # a tie at the maximum
-    weights = jax.random.normal(jax.random.key(1), max_pool(x).shape)
-    np.testing.assert_array_equal(jax.jit(max_pool_2x2)(x), jax.jit(max_pool)(x))
-    grad = lambda pool: jax.jit(jax.grad(lambda x: jnp.sum(pool(x) * weights)))(x)
-    np.testing.assert_array_equal(grad(max_pool_2x2), grad(max_pool))
 
 
 def test_width_multiplier_scales_all_but_bottleneck_and_classes():
