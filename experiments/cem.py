@@ -178,11 +178,15 @@ def _attack_scores(x_hat, targets) -> dict[str, float]:
             "psnr": float(metrics.batch_psnr(x_hat, targets, batch_size=256))}
 
 
+def _noisy_oracle(model, variables, noise_state):
+    """The attacker's oracle: every deployed edge of the grid with its test-time Gaussian noise."""
+    return stacked_oracle(model, variables, defense=defenses.gaussian_noise(0.0), defense_state=noise_state)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _reconstruct_batch(model, decoder, variables, noise_state, decoder_variables, x, key):
     # the weights are arguments, not closures: XLA would constant-fold them into the program
-    oracle = stacked_oracle(model, variables, defense=defenses.gaussian_noise(0.0), defense_state=noise_state)
-    z = oracle.query(x, key=key)
+    z = _noisy_oracle(model, variables, noise_state).query(x, key=key)
     return jax.vmap(lambda v, z: decoder_attack(decoder, v, z))(decoder_variables, z)
 
 
@@ -246,7 +250,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
 
     # attacks: the attacker knows σ and queries the deployed (noisy, eval-mode) edges
     noise_state = state.defense_state[0]
-    oracle = stacked_oracle(model, state.variables, defense=defenses.gaussian_noise(0.0), defense_state=noise_state)
+    oracle = _noisy_oracle(model, state.variables, noise_state)
     decoder = res_norm_decoder(feature_shape=feature_shape, image_shape=train.images.shape[1:],
                                num_blocks=config.decoder_blocks, channels=config.decoder_channels,
                                matmul=True)

@@ -227,10 +227,10 @@ def _defense_curves(name, model, variables, test, targets, config, key):
     attack_config = RMLEConfig(num_steps=config.defense_steps, learning_rate=config.whitebox_learning_rate,
                                tv_weight=TARGETS[name].tv_weights.get(cut, 0.0))
     rows = []
+    n = config.defense_test_size or None  # accuracy on the first n test images
     for label, field, values, make in sweeps:
         defense = make(0.0)
         states = defenses.stack([make(v).init() for v in values])
-        n = config.defense_test_size or None
         accuracy = evaluate(cut_model, variables, test.images[:n], test.labels[:n], defense=defense,
                             defense_state=states, key=key, sweep="defense")
 

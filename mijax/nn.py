@@ -137,6 +137,16 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0
     return _conv(x, kernel, stride, pads)
 
 
+def im2col(x: jax.Array, kernel_height: int, kernel_width: int, *, stride: int = 1) -> jax.Array:
+    """The patches of a VALID convolution over an (already padded) NHWC `x`: `[batch, h, w, kh·kw·C]`,
+    tap-major (row-major over the kernel window), channel-minor."""
+    h = (x.shape[1] - kernel_height) // stride + 1
+    w = (x.shape[2] - kernel_width) // stride + 1
+    return jnp.concatenate(
+        [x[:, i:i + stride * (h - 1) + 1:stride, j:j + stride * (w - 1) + 1:stride, :]
+         for i in range(kernel_height) for j in range(kernel_width)], axis=-1)
+
+
 def conv_as_matmul(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0) -> jax.Array:
     """A convolution as shifted slices + one matrix product (im2col), NHWC input, HWIO kernel.
 
@@ -146,12 +156,7 @@ def conv_as_matmul(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding:
     """
     kh, kw, _, out = kernel.shape
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    h = (x.shape[1] - kh) // stride + 1
-    w = (x.shape[2] - kw) // stride + 1
-    columns = jnp.concatenate(
-        [x[:, i:i + stride * (h - 1) + 1:stride, j:j + stride * (w - 1) + 1:stride, :]
-         for i in range(kh) for j in range(kw)], axis=-1)
-    return columns @ kernel.reshape(-1, out)
+    return im2col(x, kh, kw, stride=stride) @ kernel.reshape(-1, out)
 
 
 class Conv2d(nnx.Module):

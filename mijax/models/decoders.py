@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mijax.nn import Conv2d, Layer, Linear, Pure, Sequential, conv_as_matmul, pure
+from mijax.nn import Conv2d, Layer, Linear, Pure, Sequential, conv2d, conv_as_matmul, im2col, pure
 
 METHODS = ("auto", "col2im", "subpixel", "dilated")
 UPSAMPLE = ("resize", "subpixel", "transpose")
@@ -124,17 +124,16 @@ def _col2im_fwd(x, kernel, s, p, op):
 
 
 def _col2im_bwd(s, p, op, residuals, dy):
-    # The adjoint of a transposed conv is the strided conv: cols'[i, a] = dy[i·s + a − p], gathered by
-    # k² strided slices of the padded gradient (one write), then two matmuls. Autodiff of the forward
+    # The adjoint of a transposed conv is the strided conv: cols'[i, a] = dy[i·s + a − p], the im2col
+    # of the padded gradient (one write), then two matmuls. Autodiff of the forward
     # instead pads every tap's slice back to the full `cols` shape, about 2× slower on XLA-CPU.
     x, kernel = residuals
     k, _, cin, cout = kernel.shape
     b, n_h, n_w, _ = x.shape
     extent_h, extent_w = (n_h - 1) * s + k, (n_w - 1) * s + k
     dy = jnp.pad(dy, ((0, 0), (p, max(0, extent_h - p - dy.shape[1])),
-                      (p, max(0, extent_w - p - dy.shape[2])), (0, 0)))
-    cols = jnp.stack([dy[:, a:a + (n_h - 1) * s + 1:s, c:c + (n_w - 1) * s + 1:s]
-                      for a in range(k) for c in range(k)], axis=3).reshape(-1, k * k * cout)
+                      (p, max(0, extent_w - p - dy.shape[2])), (0, 0)))[:, :extent_h, :extent_w]
+    cols = im2col(dy, k, k, stride=s).reshape(-1, k * k * cout)
     weights = kernel.transpose(2, 0, 1, 3).reshape(cin, k * k * cout)
     dx = (cols @ weights.T).reshape(x.shape)
     dweights = x.reshape(-1, cin).T @ cols
@@ -162,11 +161,7 @@ def _subpixel(x, kernel, s, p, op, matmul):
     len_h, q0_h, q1_h, pad_h = window(n_h)
     len_w, q0_w, q1_w, pad_w = window(n_w)
     xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))[:, q0_h:q1_h + j, q0_w:q1_w + j]
-    if matmul:
-        y = conv_as_matmul(xp, w)
-    else:
-        y = jax.lax.conv_general_dilated(xp, w, (1, 1), "VALID",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = (conv_as_matmul if matmul else conv2d)(xp, w)
     b, qh, qw, _ = y.shape
     y = y.reshape(b, qh, qw, s, s, cout).transpose(0, 1, 3, 2, 4, 5).reshape(b, qh * s, qw * s, cout)
     top, left = p - q0_h * s, p - q0_w * s
