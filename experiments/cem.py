@@ -211,7 +211,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     train, test, normalization, num_classes = _load(config)
     image_size = train.images.shape[1]
     model = vgg11_bn_sgm(num_classes=num_classes, image_size=image_size, normalization=normalization,
-                         width_multiplier=config.width_multiplier, matmul_everywhere=True)
+                         width_multiplier=config.width_multiplier)
     feature_shape = model.feature_shape()
     steps_per_epoch = len(train.images) // config.batch_size
     optimizer, schedule = _optimizer(config, steps_per_epoch)
@@ -279,7 +279,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     gan_config = GanConfig(epochs=config.gan_epochs, n_critic=config.gan_n_critic,
                            batch_size=min(config.gan_batch_size, len(attacker_train.images)))
     t = time.perf_counter()
-    critic = dgwgan32(image_shape=train.images.shape[1:], width=config.critic_width, matmul=True)
+    critic = dgwgan32(image_shape=train.images.shape[1:], width=config.critic_width)
     generator = gan_finetune(decoder, decoders["inference-time"], critic, oracle, attacker_train.images,
                              config=gan_config, key=jax.random.fold_in(attack_key, 2), workdir=workdir / "gan",
                              progress=progress, sweep=True)

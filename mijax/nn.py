@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mijax.conv import ConvPlan, conv2d, conv_as_matmul, im2col  # noqa: F401 (re-exported)
+
 Variables = dict[str, Any]
 
 
@@ -92,84 +94,20 @@ def _torch_uniform(fan_in: int) -> Callable:
 torch_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv(x, kernel, stride, padding):
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=_NHWC)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_stride1(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
-    return _conv(x, kernel, 1, padding)
-
-
-def _conv_stride1_fwd(x, kernel, padding):
-    return _conv(x, kernel, 1, padding), (x, kernel)
-
-
-def _conv_stride1_bwd(padding, residuals, dy):
-    x, kernel = residuals
-    kh, kw = kernel.shape[:2]
-    # The input gradient as an ordinary NHWC/HWIO convolution with the flipped, transposed kernel.
-    # JAX's own transpose rule leaves the kernel in OI order, which XLA-CPU runs about 2.5× slower
-    # inside a `lax.scan` (every rMLE step), where it is no longer rewritten to the fast kernel.
-    flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-    transposed_padding = ((kh - 1 - padding[0][0], kh - 1 - padding[0][1]),
-                          (kw - 1 - padding[1][0], kw - 1 - padding[1][1]))
-    dx = _conv(dy, flipped, 1, transposed_padding)
-    dkernel = jax.vjp(lambda k: _conv(x, k, 1, padding), kernel)[1](dy)[0]
-    return dx, dkernel
-
-
-_conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
-
-
-def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0) -> jax.Array:
-    """`lax.conv` on NHWC input with an HWIO kernel and symmetric zero padding.
-
-    Values and gradients are `lax.conv_general_dilated`'s; for stride 1 the input gradient is
-    computed as a plain convolution (see `_conv_stride1_bwd`) so that it stays fast inside loops.
-    """
-    pads = ((padding, padding), (padding, padding))
-    if stride == 1 and padding <= min(kernel.shape[:2]) - 1:
-        return _conv_stride1(x, kernel, pads)
-    return _conv(x, kernel, stride, pads)
-
-
-def im2col(x: jax.Array, kernel_height: int, kernel_width: int, *, stride: int = 1) -> jax.Array:
-    """The patches of a VALID convolution over an (already padded) NHWC `x`: `[batch, h, w, kh·kw·C]`,
-    tap-major (row-major over the kernel window), channel-minor."""
-    h = (x.shape[1] - kernel_height) // stride + 1
-    w = (x.shape[2] - kernel_width) // stride + 1
-    return jnp.concatenate(
-        [x[:, i:i + stride * (h - 1) + 1:stride, j:j + stride * (w - 1) + 1:stride, :]
-         for i in range(kernel_height) for j in range(kernel_width)], axis=-1)
-
-
-def conv_as_matmul(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0) -> jax.Array:
-    """A convolution as shifted slices + one matrix product (im2col), NHWC input, HWIO kernel.
-
-    XLA on CPU runs this much faster than `lax.conv` in two cases (see DESIGN.md): on tiny maps with
-    many channels, and under `vmap` over kernels (a sweep of models), where `lax.conv` becomes a
-    grouped convolution while this becomes a batched matrix product.
-    """
-    kh, kw, _, out = kernel.shape
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    return im2col(x, kh, kw, stride=stride) @ kernel.reshape(-1, out)
-
-
 class Conv2d(nnx.Module):
     """A 2-D convolution, NHWC, PyTorch-default initialised (kernel and bias).
 
-    `matmul=True` computes it with `conv_as_matmul` (same parameters, same result).
+    Computed by `mijax.conv.conv2d` in the plan its measured rules choose for the input's shape;
+    `plan` overrides them, and `matmul=True` is short for the all-im2col plan.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
                  padding: int = 0, use_bias: bool = True, kernel_init: Callable | None = None,
-                 bias_init: Callable | None = None, matmul: bool = False, rngs: nnx.Rngs):
+                 bias_init: Callable | None = None, matmul: bool = False, plan: ConvPlan | None = None,
+                 rngs: nnx.Rngs):
         fan_in = in_channels * kernel_size * kernel_size
-        self.stride, self.padding, self.matmul = stride, padding, matmul
+        self.stride, self.padding = stride, padding
+        self.plan = ConvPlan("im2col", "im2col", "im2col") if matmul else plan
         self.conv = nnx.Conv(
             in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
             padding=[(padding, padding)] * 2, use_bias=use_bias,
@@ -178,8 +116,7 @@ class Conv2d(nnx.Module):
         )
 
     def __call__(self, x, *, train=False, key=None):
-        conv = conv_as_matmul if self.matmul else conv2d
-        y = conv(x, self.conv.kernel[...], stride=self.stride, padding=self.padding)
+        y = conv2d(x, self.conv.kernel[...], stride=self.stride, padding=self.padding, plan=self.plan)
         return y if self.conv.bias is None else y + self.conv.bias[...]
 
 

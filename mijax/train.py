@@ -24,6 +24,7 @@ from mijax.checkpoint import Checkpointer
 from mijax.defenses.base import Defense, LossInputs, identity
 from mijax.nn import Variables
 from mijax.split import SplitModel
+from mijax.stacks import map_models
 
 
 class TrainState(NamedTuple):
@@ -119,7 +120,7 @@ def predict(model: SplitModel, variables: Variables, images, *, defense: Defense
     if sweep not in (False, True, "all", "defense"):
         raise ValueError(f"expected sweep in (False, True, 'all', 'defense'), got {sweep!r}")
     if sweep:
-        logits_fn = jax.vmap(logits_fn, in_axes=(None if sweep == "defense" else 0, 0, None, None))
+        logits_fn = map_models(logits_fn, (None if sweep == "defense" else 0, 0, None, None))
     logits_fn = jax.jit(logits_fn)
     images = np.asarray(images)
     outputs = []
@@ -153,27 +154,35 @@ def features(model: SplitModel, variables: Variables, images, *, batch_size: int
 
 
 def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epochs: int,
-             batch_size: int, key: jax.Array, workdir: str | pathlib.Path | None = None,
-             checkpoint_every: int | None = None, epoch_end: Callable[[Any, int], Any] | None = None,
-             callback: Callable[[int, Any], None] | None = None, progress: bool = True,
-             description: str = "train") -> Any:
+             batch_size: int, key: jax.Array, step_args: tuple = (),
+             workdir: str | pathlib.Path | None = None, checkpoint_every: int | None = None,
+             epoch_end: Callable[[Any, int], Any] | None = None,
+             callback: Callable[[int, Any], None] | None = None, steps_per_dispatch: int = 16,
+             progress: bool = True, description: str = "train") -> Any:
     """The generic training loop: batches, per-step keys, progress bar, checkpoints and resume.
 
     Batches are drawn without replacement from a permutation per epoch derived from `key`, and step
     `t` gets the key `fold_in(key, t)`, so a run that resumes from a checkpoint ends exactly where an
-    uninterrupted run ends. Used by `fit` and by the learned attacks (decoders, shadow models).
+    uninterrupted run ends. The data are copied to the device once; each dispatch runs up to
+    `steps_per_dispatch` steps as one `lax.scan` that gathers its own batches on the device, so the
+    host only sends indices. The order and keys do not depend on `steps_per_dispatch`, and neither do
+    the results (tested bit for bit). Used by `fit` and by the learned attacks.
 
     Args:
-        step: jit-compiled `step(state, *batch, key) -> (state, metrics)`.
+        step: pure `step(state, *batch, key, *step_args) -> (state, metrics)` (jitted here).
         state: the initial state (replaced by the latest checkpoint in `workdir` if there is one).
         arrays: host arrays with a common leading axis, batched together.
         epochs: passes over the data (the last partial batch of each epoch is dropped).
         batch_size: examples per step.
         key: PRNG key for the data order and the steps.
+        step_args: arrays passed to every step unchanged (weights an attack reads, say): arguments
+            of the compiled program, not constants folded into it.
         workdir: checkpoints go to `workdir/checkpoints`; None disables checkpointing.
         checkpoint_every: steps between checkpoints (default: once per epoch).
         epoch_end: `epoch_end(state, epoch) -> state` after each epoch (before its checkpoint).
-        callback: `callback(step, state)` after every step.
+        callback: `callback(step, state)` after every dispatch; epoch ends and checkpoints always
+            end a dispatch, so `step` meets each of them.
+        steps_per_dispatch: steps per compiled call (1 dispatches every step).
         progress: show a progress bar.
         description: the progress bar's label.
 
@@ -183,6 +192,8 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
     num = len(arrays[0])
     if not 0 < batch_size <= num:
         raise ValueError(f"expected batch_size in [1, {num}], got {batch_size}")
+    if steps_per_dispatch < 1:
+        raise ValueError(f"expected steps_per_dispatch >= 1, got {steps_per_dispatch}")
     order_key, step_key = jax.random.split(key)
     steps_per_epoch = num // batch_size
     total = epochs * steps_per_epoch
@@ -192,25 +203,29 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
     if checkpointer and checkpointer.latest_step() is not None:
         start = checkpointer.latest_step()
         state = checkpointer.restore(state)
+    run = _multi_step_program(step)
+    device_arrays = tuple(jnp.asarray(a) for a in arrays)
     bar = tqdm(total=total, initial=start, desc=description, disable=not progress, leave=False)
     try:
-        order_epoch, order = None, None
-        for t in range(start, total):
+        order_epoch, order, t = None, None, start
+        while t < total:
             epoch, index = divmod(t, steps_per_epoch)
             if epoch != order_epoch:  # once per epoch: it syncs with the device
                 order_epoch = epoch
                 order = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, epoch), num))
-            batch = order[index * batch_size:(index + 1) * batch_size]
-            state, metrics = step(state, *(a[batch] for a in arrays), jax.random.fold_in(step_key, t))
-            if epoch_end is not None and index == steps_per_epoch - 1:
+            next_checkpoint = (t // checkpoint_every + 1) * checkpoint_every
+            count = min(steps_per_dispatch, steps_per_epoch - index, next_checkpoint - t, total - t)
+            rows = order[index * batch_size:(index + count) * batch_size].reshape(count, batch_size)
+            state, metrics = run(state, device_arrays, rows, step_key, np.int32(t), step_args)
+            t += count
+            if epoch_end is not None and index + count == steps_per_epoch:
                 state = epoch_end(state, epoch)
             if callback is not None:
-                callback(t + 1, state)
-            if checkpointer and ((t + 1) % checkpoint_every == 0 or t + 1 == total):
-                checkpointer.save(t + 1, state)
-            bar.update()
-            if t % 10 == 0 or t + 1 == total:
-                bar.set_postfix({k: f"{float(np.mean(v)):.3f}" for k, v in metrics.items()})
+                callback(t, state)
+            if checkpointer and (t % checkpoint_every == 0 or t == total):
+                checkpointer.save(t, state)
+            bar.update(count)
+            bar.set_postfix({k: f"{float(np.mean(v[-1])):.3f}" for k, v in metrics.items()})
     finally:
         bar.close()
         if checkpointer:
@@ -218,11 +233,26 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
     return state
 
 
+def _multi_step_program(step: Callable) -> Callable:
+    """`run(state, arrays, rows [count, batch], key, first_step, step_args)`: `count` steps in a scan."""
+
+    def run(state, arrays, rows, key, first_step, step_args):
+        def body(state, xs):
+            t, batch_rows = xs
+            batch = tuple(a[batch_rows] for a in arrays)
+            return step(state, *batch, jax.random.fold_in(key, t), *step_args)
+
+        steps = first_step + jnp.arange(rows.shape[0], dtype=jnp.int32)
+        return jax.lax.scan(body, state, (steps, rows))
+
+    return jax.jit(run, donate_argnums=0)
+
+
 def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransformation, epochs: int,
         batch_size: int, key: jax.Array, defense: Defense | None = None, defense_state: Any = None,
         sweep: bool = False, augment: Callable | None = None, workdir: str | pathlib.Path | None = None,
         checkpoint_every: int | None = None, callback: Callable[[int, TrainState], None] | None = None,
-        progress: bool = True, description: str = "train") -> TrainState:
+        steps_per_dispatch: int = 16, progress: bool = True, description: str = "train") -> TrainState:
     """Trains a split model with a defense; checkpoints to `workdir` and resumes from it on rerun.
 
     Args:
@@ -239,7 +269,8 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
         sweep: train one model per entry of the stacked `defense_state`, vmapped, all from the same
             initialisation and data order.
         augment: `augment(key, images) -> images` applied inside the step.
-        workdir, checkpoint_every, callback, progress, description: see `fit_loop`.
+        workdir, checkpoint_every, callback, steps_per_dispatch, progress, description: see
+            `fit_loop`.
 
     Returns:
         The final `TrainState`.
@@ -263,16 +294,16 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
 
     step = make_train_step(model, optimizer, defense, augment=augment)
     if sweep:
-        init, step = jax.vmap(init), jax.vmap(step, in_axes=(0, None, None, None))
+        init, step = jax.vmap(init), map_models(step, (0, None, None, None))
     epoch_end = None
     if defense.epoch_update is not None:
         def epoch_end(state, epoch):
             return _epoch_update(model, defense, state, images, labels,
                                  jax.random.fold_in(epoch_key, epoch), sweep)
-    return fit_loop(jax.jit(step, donate_argnums=0), jax.jit(init)(defense_state), (images, labels),
+    return fit_loop(step, jax.jit(init)(defense_state), (images, labels),
                     epochs=epochs, batch_size=batch_size, key=loop_key, workdir=workdir,
                     checkpoint_every=checkpoint_every, epoch_end=epoch_end, callback=callback,
-                    progress=progress, description=description)
+                    steps_per_dispatch=steps_per_dispatch, progress=progress, description=description)
 
 
 def _epoch_update(model, defense, state, images, labels, key, sweep):
@@ -285,7 +316,7 @@ def _epoch_update(model, defense, state, images, labels, key, sweep):
 @functools.lru_cache(maxsize=None)
 def _edge_program(model: SplitModel, sweep: bool) -> Callable:
     fn = lambda v, x: model.edge_apply(v, x)[0]
-    return jax.jit(jax.vmap(fn, in_axes=(0, None)) if sweep else fn)
+    return jax.jit(map_models(fn, (0, None)) if sweep else fn)
 
 
 @functools.lru_cache(maxsize=None)

@@ -39,7 +39,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(digits, tmp_path):
         pass
 
     def kill_after_checkpoint(step, state):
-        if step == 11:  # a checkpoint was written at step 8 (epoch end); steps 9-11 are lost
+        if step == 12:  # before step 12's checkpoint: the run resumes from step 8 (epoch end)
             raise Killed
 
     with pytest.raises(Killed):
@@ -48,6 +48,14 @@ def test_kill_and_resume_gives_the_uninterrupted_result(digits, tmp_path):
     assert int(resumed.step) == int(uninterrupted.step) == 16
     chex.assert_trees_all_close(resumed.variables, uninterrupted.variables, rtol=1e-6, atol=1e-7)
     chex.assert_trees_all_close(resumed.opt_state, uninterrupted.opt_state, rtol=1e-6, atol=1e-7)
+
+
+def test_steps_per_dispatch_do_not_change_the_result(digits):
+    # 8 steps per epoch: 3 steps per dispatch leaves remainders at every epoch end
+    runs = [_fit(digits, defense=defenses.gaussian_noise(sigma=0.2), steps_per_dispatch=k) for k in (1, 3, 16)]
+    for run in runs[1:]:
+        chex.assert_trees_all_equal(run.variables, runs[0].variables)
+        chex.assert_trees_all_equal(run.opt_state, runs[0].opt_state)
 
 
 def test_sigma_sweep_compiles_once_and_equals_a_python_loop(digits):

@@ -40,6 +40,7 @@ from mijax.attacks.inverse_network import check_decoder
 from mijax.attacks.knowledge import BlackBox
 from mijax.data.loading import Dataset
 from mijax.nn import Pure, Variables
+from mijax.stacks import map_models
 from mijax.train import TrainState, fit_loop
 
 SETTINGS = ("training-time", "inference-time")
@@ -174,7 +175,7 @@ def stacked_oracle(model, variables: Variables, *, defense=None, defense_state: 
     def query(x, key=None):
         def one(v, s):
             return BlackBox.from_model(model, v, defense=defense, defense_state=s).query(x, key=key)
-        return jax.vmap(one, in_axes=(variables_axis, defense_axis))(variables, defense_state)
+        return map_models(one, (variables_axis, defense_axis))(variables, defense_state)
 
     return BlackBox(query, model.input_shape)
 
@@ -273,7 +274,7 @@ def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
     optimizer = decoder_attack_optimizer(config, len(images) // config.batch_size)
     update = make_decoder_attack_step(decoder, optimizer)
     if sweep:
-        update = jax.vmap(update, in_axes=(0, None, 0, None))
+        update = map_models(update, (0, None, 0, None))
     init_key, loop_key = jax.random.split(key)
     query, consts = lift_constants(query, jax.ShapeDtypeStruct((config.batch_size, *images.shape[1:]), jnp.float32),
                                    loop_key)
@@ -288,9 +289,8 @@ def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
         z_tilde = jax.lax.stop_gradient(query(consts, images, query_key))
         return update(state, images, z_tilde, step_key)
 
-    jitted = jax.jit(step, donate_argnums=0)
-    state = fit_loop(lambda state, images, key: jitted(state, images, key, consts), jax.jit(init)(), (images,),
-                     epochs=config.epochs, batch_size=config.batch_size, key=loop_key, workdir=workdir,
+    state = fit_loop(step, jax.jit(init)(), (images,), step_args=(consts,), epochs=config.epochs,
+                     batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      progress=progress, description="decoder attack")
     return state.variables
 

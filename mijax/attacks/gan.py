@@ -37,6 +37,7 @@ import optax
 from mijax.attacks.decoder_attack import _stack, cosine_per_epoch, lift_constants, prepare_queries
 from mijax.attacks.knowledge import BlackBox
 from mijax.nn import Pure, Variables
+from mijax.stacks import vmap_models
 from mijax.train import fit_loop
 
 
@@ -253,7 +254,7 @@ def gan_finetune(generator: Pure, generator_variables: Variables, critic: Pure, 
     update = make_gan_step(generator, critic, config, len(images) // config.batch_size)
     if sweep:
         axes = GanState(None, 0, 0, 0, 0)
-        update = jax.vmap(update, in_axes=(axes, None, 0, 0, None), out_axes=(axes, 0))
+        update = vmap_models(update, in_axes=(axes, None, 0, 0, None), out_axes=(axes, 0))
     init_key, loop_key = jax.random.split(key)
     adam = _adam_direction(config)
 
@@ -281,8 +282,7 @@ def gan_finetune(generator: Pure, generator_variables: Variables, critic: Pure, 
 
     # a copy: the loop donates its state, and jit would forward the caller's arrays into it
     state = jax.jit(init)(jax.tree.map(lambda a: jnp.array(a, copy=True), generator_variables))
-    jitted = jax.jit(step, donate_argnums=0)
-    state = fit_loop(lambda state, images, key: jitted(state, images, key, consts), state, (images,),
-                     epochs=config.epochs, batch_size=config.batch_size, key=loop_key, workdir=workdir,
+    state = fit_loop(step, state, (images,), step_args=(consts,), epochs=config.epochs,
+                     batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      progress=progress, description="gan fine-tuning")
     return state.generator

@@ -315,7 +315,7 @@ def train_inverse_network(decoder: Pure, features, images, *,
         params = optax.apply_updates(state.variables["params"], updates)
         return TrainState(state.step + 1, {**variables, "params": params}, opt_state, ()), {"mse": loss}
 
-    state = fit_loop(jax.jit(step, donate_argnums=0), init(), arrays, epochs=config.epochs,
+    state = fit_loop(step, init(), arrays, epochs=config.epochs,
                      batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      checkpoint_every=checkpoint_every, callback=callback, progress=progress,
                      description="inverse network")

@@ -194,7 +194,7 @@ def train_shadow(knowledge: QueryFree, shadow: Pure | SplitModel, images, labels
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
         return TrainState(state.step + 1, {**variables, "params": params}, opt_state, ()), metrics
 
-    state = fit_loop(jax.jit(step, donate_argnums=0), init(), (images, labels),
+    state = fit_loop(step, init(), (images, labels),
                      epochs=config.epochs, batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      checkpoint_every=checkpoint_every, progress=progress, description="shadow edge")
     return TrainedShadow(edge, state.variables, norm, tuple(knowledge.input_shape))

@@ -50,7 +50,7 @@ def _halve(n: int) -> int:  # a 5×5, stride 2, padding 2 conv: ⌊(n − 1)/2�
     return (n - 1) // 2 + 1
 
 
-def dgwgan32(*, image_shape: Sequence[int], width: int = 64, matmul: bool = False) -> Pure:
+def dgwgan32(*, image_shape: Sequence[int], width: int = 64) -> Pure:
     """GMI's WGAN-GP critic `DGWGAN32` (the critic of CEM's GAN attack, `cem.md` §11).
 
         Conv5×5 s2 p2 (c→64) → LeakyReLU(0.2)
@@ -64,7 +64,6 @@ def dgwgan32(*, image_shape: Sequence[int], width: int = 64, matmul: bool = Fals
     Args:
         image_shape: `(height, width, channels)` of the images.
         width: channels of the first conv (64); the next are 2× and 4×.
-        matmul: compute the convolutions as im2col matmuls (faster under `vmap` over stacked models).
 
     Returns:
         A `Pure` mapping `[batch, height, width, channels]` to scores `[batch]` (no BatchNorm, so
@@ -91,7 +90,7 @@ def dgwgan32(*, image_shape: Sequence[int], width: int = 64, matmul: bool = Fals
                          f"image_shape={image_shape}")
 
     def conv(name, cin, cout):
-        return Layer(name, pure(lambda rngs: Conv2d(cin, cout, 5, stride=2, padding=2, matmul=matmul, rngs=rngs)))
+        return Layer(name, pure(lambda rngs: Conv2d(cin, cout, 5, stride=2, padding=2, rngs=rngs)))
 
     def norm(name, c):
         return Layer(name, pure(lambda rngs: InstanceNorm(c, rngs=rngs)))

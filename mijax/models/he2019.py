@@ -16,8 +16,8 @@ from mijax.nn import Conv2d, Layer, Linear, Sequential, max_pool, pure
 from mijax.split import SplitModel
 
 
-def _conv(name, cin, cout, k, padding, matmul=False):
-    return Layer(name, pure(lambda rngs: Conv2d(cin, cout, k, padding=padding, matmul=matmul, rngs=rngs)))
+def _conv(name, cin, cout, k, padding):
+    return Layer(name, pure(lambda rngs: Conv2d(cin, cout, k, padding=padding, rngs=rngs)))
 
 
 def _linear(name, fin, fout):
@@ -95,9 +95,9 @@ def lenet(*, cut: str = "relu2", num_classes: int = 10,
 def _digits_network(num_classes: int, image_size: int) -> Sequential:
     side = image_size // 4
     return Sequential((
-        _conv("conv1", 1, 16, 3, 1, matmul=True), _relu("relu1"), _pool("pool1"),
-        _conv("conv2", 16, 8, 3, 1, matmul=True), Layer("sigmoid", jax.nn.sigmoid),
-        _conv("conv3", 8, 32, 3, 1, matmul=True), _relu("relu3"), _pool("pool3"),
+        _conv("conv1", 1, 16, 3, 1), _relu("relu1"), _pool("pool1"),
+        _conv("conv2", 16, 8, 3, 1), Layer("sigmoid", jax.nn.sigmoid),
+        _conv("conv3", 8, 32, 3, 1), _relu("relu3"), _pool("pool3"),
         _linear("fc1", side * side * 32, 128), _relu("relu4"), _linear("fc2", 128, num_classes),
     ))
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mijax.data.transforms import Normalization
-from mijax.models.vgg import MATMUL_MAX_SIZE, bottleneck_layers, check_bottleneck
+from mijax.models.vgg import bottleneck_layers, check_bottleneck
 from mijax.nn import BatchNorm, Conv2d, Layer, Linear, Sequential, pure
 from mijax.split import SplitModel
 
@@ -55,13 +55,13 @@ class BasicBlock(nnx.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, *, kernel_init=None,
-                 matmul: bool = False, rngs: nnx.Rngs):
+                 rngs: nnx.Rngs):
         self.stride, self.extra = stride, out_channels - in_channels
         self.conv_a = Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, use_bias=False,
-                             kernel_init=kernel_init, matmul=matmul, rngs=rngs)
+                             kernel_init=kernel_init, rngs=rngs)
         self.bn_a = BatchNorm(out_channels, rngs=rngs)
         self.conv_b = Conv2d(out_channels, out_channels, 3, padding=1, use_bias=False,
-                             kernel_init=kernel_init, matmul=matmul, rngs=rngs)
+                             kernel_init=kernel_init, rngs=rngs)
         self.bn_b = BatchNorm(out_channels, rngs=rngs)
 
     def __call__(self, x, *, train=False, key=None):
@@ -86,7 +86,7 @@ def _block_specs(image_size: int):
 
 @functools.cache
 def _network(cut: int, num_classes: int, image_size: int, channels: int, stride: int, kernel: int,
-             relu: bool, sigmoid: bool, matmul_max_size: int) -> tuple[Sequential, str]:
+             relu: bool, sigmoid: bool) -> tuple[Sequential, str]:
     specs = _block_specs(image_size)
     # The reference initialises the client recursively (stem, blocks, bottleneck kernel) and only the
     # top-level convolutions of the server (the expansion: He normal, zero bias); the server's blocks
@@ -98,17 +98,15 @@ def _network(cut: int, num_classes: int, image_size: int, channels: int, stride:
         if name == "stem":
             layers.append(Layer(name, pure(lambda rngs: Stem(kernel_init=he_normal_fan_out, rngs=rngs))))
         else:
-            layers.append(Layer(name, pure(lambda rngs, cin=cin, cout=cout, s=block_stride, init=init,
-                                           m=size <= matmul_max_size:
-                                           BasicBlock(cin, cout, s, kernel_init=init, matmul=m, rngs=rngs))))
+            layers.append(Layer(name, pure(lambda rngs, cin=cin, cout=cout, s=block_stride, init=init:
+                                           BasicBlock(cin, cout, s, kernel_init=init, rngs=rngs))))
         width = cout
         if index == cut:
             check_bottleneck(channels=channels, stride=stride, kernel=kernel, size=size)
             client, server = bottleneck_layers(
                 width, channels=channels, stride=stride, kernel=kernel, relu=relu, sigmoid=sigmoid,
                 client_init={"kernel_init": he_normal_fan_out},
-                expand_init={"kernel_init": he_normal_fan_out, "bias_init": zeros},
-                matmul=size // stride <= matmul_max_size)
+                expand_init={"kernel_init": he_normal_fan_out, "bias_init": zeros})
             layers += client + server
     if size < 1:
         raise ValueError(f"expected image_size >= 8 (three stride-2 stages), got {image_size}")
@@ -120,8 +118,7 @@ def _network(cut: int, num_classes: int, image_size: int, channels: int, stride:
 def resnet20_cem(*, cut: int | str = 5, num_classes: int = 200, image_size: int = 64,
                  bottleneck_channels: int = 8, bottleneck_stride: int = 1, bottleneck_kernel: int = 3,
                  bottleneck_relu: bool = False, sigmoid: bool = True,
-                 normalization: Normalization = TINYIMAGENET,
-                 matmul_small_maps: bool = True) -> SplitModel:
+                 normalization: Normalization = TINYIMAGENET) -> SplitModel:
     """CEM's ResNet-20 variant (`resnet20`, TinyImageNet), inputs `image_size`²×3.
 
     At 64 px with the defaults:
@@ -149,8 +146,6 @@ def resnet20_cem(*, cut: int | str = 5, num_classes: int = 200, image_size: int 
             bottleneck option fields, as in `mijax.models.vgg.vgg11_bn_sgm` (the reference always
             appends the sigmoid for ResNet).
         normalization: input normalisation applied by the edge (TinyImageNet statistics).
-        matmul_small_maps: compute the convolutions on maps of at most `MATMUL_MAX_SIZE`² pixels with
-            the im2col matmul path (only reached below 32 px).
 
     Returns:
         The `SplitModel`.
@@ -168,7 +163,6 @@ def resnet20_cem(*, cut: int | str = 5, num_classes: int = 200, image_size: int 
     if not 1 <= index <= layers:
         raise ValueError(f"expected cut in [1, {layers}] or a layer name, got {cut!r}")
     network, default = _network(index, num_classes, image_size, bottleneck_channels, bottleneck_stride,
-                                bottleneck_kernel, bottleneck_relu, sigmoid,
-                                MATMUL_MAX_SIZE if matmul_small_maps else 0)
+                                bottleneck_kernel, bottleneck_relu, sigmoid)
     return SplitModel(network, name or default, normalization, (image_size, image_size, 3), num_classes,
                       cuts=(default,))

@@ -33,11 +33,6 @@ from mijax.split import SplitModel
 #: VGG-11 ("A") configuration: output channels of 3×3 convolutions, "M" = 2×2 max pooling.
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
-#: Convolutions whose input map is at most this many pixels on a side use the im2col matmul path
-#: (`Conv2d(matmul=True)`, the same function): on XLA-CPU `lax.conv` is far slower there
-#: (DESIGN.md; measured per layer by `benchmarks/vgg_step.py --per-layer`).
-MATMUL_MAX_SIZE = 2
-
 xavier_uniform = nnx.initializers.xavier_uniform()
 zeros = nnx.initializers.zeros_init()
 
@@ -66,11 +61,11 @@ def dropout_layer(rate: float) -> Pure:
 
 
 def conv_layer(name: str, cin: int, cout: int, k: int, *, stride: int = 1, use_bias: bool = True,
-               kernel_init=None, bias_init=None, matmul: bool = False) -> Layer:
+               kernel_init=None, bias_init=None) -> Layer:
     """A 'same'-padded (k // 2) `Conv2d` as a named layer."""
     return Layer(name, pure(lambda rngs: Conv2d(
         cin, cout, k, stride=stride, padding=k // 2, use_bias=use_bias, kernel_init=kernel_init,
-        bias_init=bias_init, matmul=matmul, rngs=rngs)))
+        bias_init=bias_init, rngs=rngs)))
 
 
 def _conv_transpose(name: str, cin: int, cout: int) -> Layer:
@@ -79,8 +74,7 @@ def _conv_transpose(name: str, cin: int, cout: int) -> Layer:
 
 
 def bottleneck_layers(in_channels: int, *, channels: int, stride: int, kernel: int, relu: bool,
-                      sigmoid: bool, client_init: dict, expand_init: dict,
-                      matmul: bool = False) -> tuple[list[Layer], list[Layer]]:
+                      sigmoid: bool, client_init: dict, expand_init: dict) -> tuple[list[Layer], list[Layer]]:
     """The reference's client bottleneck and server expansion (`noRELU_C{channels}S{stride}K{kernel}`).
 
     stride 1: client `bottleneck` Conv k×k (in→C) [+ `bottleneck_relu`]; server `expand` Conv k×k (C→in)
@@ -94,14 +88,13 @@ def bottleneck_layers(in_channels: int, *, channels: int, stride: int, kernel: i
         channels, stride, kernel, relu, sigmoid: the bottleneck option fields.
         client_init / expand_init: `kernel_init`/`bias_init` keyword arguments for the client's and
             the server's stride-1 convolutions.
-        matmul: compute the stride-1 convolutions with the im2col matmul path.
 
     Returns:
         `(client_layers, server_layers)`.
     """
     client, server = [], []
     if stride == 1:
-        client.append(conv_layer("bottleneck", in_channels, channels, kernel, matmul=matmul, **client_init))
+        client.append(conv_layer("bottleneck", in_channels, channels, kernel, **client_init))
     else:
         steps = int(math.log2(stride))
         client.append(conv_layer("bottleneck", in_channels, channels, 3, stride=2, **client_init))
@@ -117,7 +110,7 @@ def bottleneck_layers(in_channels: int, *, channels: int, stride: int, kernel: i
         client.append(Layer("bottleneck_bn", pure(lambda rngs: BatchNorm(channels, rngs=rngs))))
 
     if stride == 1:
-        server.append(conv_layer("expand", channels, in_channels, kernel, matmul=matmul, **expand_init))
+        server.append(conv_layer("expand", channels, in_channels, kernel, **expand_init))
     else:
         for j in range(1, int(math.log2(stride))):
             server.append(_conv_transpose(f"expand{j}", channels, channels))
@@ -146,8 +139,7 @@ def check_bottleneck(*, channels: int, stride: int, kernel: int, size: int) -> N
 
 @functools.cache
 def _network(cut: int, num_classes: int, image_size: int, channels: int, stride: int, kernel: int,
-             relu: bool, sigmoid: bool, matmul_max_size: int,
-             width_multiplier: float = 1.0) -> tuple[Sequential, str]:
+             relu: bool, sigmoid: bool, width_multiplier: float = 1.0) -> tuple[Sequential, str]:
     client_init = {"kernel_init": xavier_uniform, "bias_init": zeros}
     layers, size, width = [], image_size, 3
     server = None
@@ -161,8 +153,7 @@ def _network(cut: int, num_classes: int, image_size: int, channels: int, stride:
         else:
             entry = scaled(entry)
             init = client_init if in_client else {}
-            layers += [conv_layer(f"conv{index}", width, entry, 3, matmul=size <= matmul_max_size,
-                                  **init),
+            layers += [conv_layer(f"conv{index}", width, entry, 3, **init),
                        Layer(f"bn{index}", pure(lambda rngs, c=entry: BatchNorm(c, rngs=rngs))),
                        Layer(f"relu{index}", jax.nn.relu)]
             width = entry
@@ -170,7 +161,7 @@ def _network(cut: int, num_classes: int, image_size: int, channels: int, stride:
             check_bottleneck(channels=channels, stride=stride, kernel=kernel, size=size)
             client, server = bottleneck_layers(
                 width, channels=channels, stride=stride, kernel=kernel, relu=relu, sigmoid=sigmoid,
-                client_init=client_init, expand_init={}, matmul=size // stride <= matmul_max_size)
+                client_init=client_init, expand_init={})
             layers += client + server
     if size < 1:
         raise ValueError(f"expected image_size >= 32 (five 2×2 poolings), got {image_size}")
@@ -190,8 +181,7 @@ def _network(cut: int, num_classes: int, image_size: int, channels: int, stride:
 def vgg11_bn_sgm(*, cut: int | str = 4, num_classes: int = 10, image_size: int = 32,
                  bottleneck_channels: int = 8, bottleneck_stride: int = 1, bottleneck_kernel: int = 3,
                  bottleneck_relu: bool = False, sigmoid: bool = True,
-                 normalization: Normalization = CIFAR10, matmul_small_maps: bool = True,
-                 width_multiplier: float = 1.0, matmul_everywhere: bool = False) -> SplitModel:
+                 normalization: Normalization = CIFAR10, width_multiplier: float = 1.0) -> SplitModel:
     """CEM's VGG-11-BN with a sigmoid bottleneck (`vgg11_bn_sgm`, cem.md §1), inputs `image_size`²×3.
 
     At 32 px with the defaults:
@@ -226,14 +216,9 @@ def vgg11_bn_sgm(*, cut: int | str = 4, num_classes: int = 10, image_size: int =
         sigmoid: end the client with a sigmoid (`sgm`); False puts a BatchNorm there (`vgg11_bn`
             with a bottleneck) and the default cut becomes `bottleneck_bn`.
         normalization: input normalisation applied by the edge (CIFAR-10 statistics by default).
-        matmul_small_maps: compute the convolutions on maps of at most `MATMUL_MAX_SIZE`² pixels
-            (the server's last 512-channel ones) with the im2col matmul path (same function, much faster on XLA-CPU).
         width_multiplier: scales every convolution's channels and the classifier's hidden units
             (512) by this factor, rounded, at least 1; the bottleneck (`bottleneck_channels`) and the
             classes are unchanged. 1 is the reference network; smaller values give cheap CPU checks.
-        matmul_everywhere: every convolution as an im2col matmul. Under `vmap` over stacked
-            weights (a σ×λ grid) `lax.conv` becomes a grouped convolution, which XLA-CPU runs about
-            3× slower than the batched matmuls (`benchmarks/cem_grid.py`).
 
     Returns:
         The `SplitModel`.
@@ -254,8 +239,6 @@ def vgg11_bn_sgm(*, cut: int | str = 4, num_classes: int = 10, image_size: int =
     if not width_multiplier > 0:
         raise ValueError(f"expected width_multiplier > 0, got {width_multiplier}")
     network, default = _network(index, num_classes, image_size, bottleneck_channels, bottleneck_stride,
-                                bottleneck_kernel, bottleneck_relu, sigmoid,
-                                image_size if matmul_everywhere else MATMUL_MAX_SIZE if matmul_small_maps else 0,
-                                float(width_multiplier))
+                                bottleneck_kernel, bottleneck_relu, sigmoid, float(width_multiplier))
     return SplitModel(network, name or default, normalization, (image_size, image_size, 3), num_classes,
                       cuts=(default,))

@@ -112,24 +112,6 @@ def test_bottleneck_options():
             vgg11_bn_sgm(**kwargs)
 
 
-def test_matmul_path_equals_lax_conv_on_small_maps():
-    fast, plain = vgg11_bn_sgm(), vgg11_bn_sgm(matmul_small_maps=False)
-    z = jax.ShapeDtypeStruct((2, 8, 8, 8), "float32")
-    variables = jax.eval_shape(fast.init, KEY)
-
-    def num_convs(model):
-        jaxpr = jax.make_jaxpr(lambda v, z: model.cloud_apply(v, z)[0])(variables, z)
-        return str(jaxpr).count("conv_general_dilated")
-
-    assert num_convs(plain) - num_convs(fast) == 2  # conv11 and conv12 on 2×2 maps at 32 px
-    # conv11 → relu12 on a 2×2 map, train mode (batch statistics), both implementations.
-    variables = random_variables(fast)
-    h = jax.random.normal(jax.random.key(1), (4, 2, 2, 512))
-    outputs = [jax.jit(lambda v, h: model.network.apply(v, h, train=True, start="conv11", stop="relu12")[0])(
-        variables, h) for model in (fast, plain)]
-    np.testing.assert_allclose(*outputs, rtol=1e-4, atol=1e-4)
-
-
 def test_dropout_only_in_train_mode():
     model = vgg11_bn_sgm()
     variables = random_variables(model)
@@ -179,13 +161,3 @@ def test_width_multiplier_scales_all_but_bottleneck_and_classes():
     assert jax.tree.map(jnp.shape, full) == jax.tree.map(jnp.shape, _abstract_logits(vgg11_bn_sgm())[0])
     with pytest.raises(ValueError, match="width_multiplier"):
         vgg11_bn_sgm(width_multiplier=0)
-
-
-def test_matmul_everywhere_is_the_same_function():
-    fast, plain = vgg11_bn_sgm(width_multiplier=1 / 16, matmul_everywhere=True), vgg11_bn_sgm(width_multiplier=1 / 16)
-    variables = random_variables(plain)
-    x = jax.random.uniform(jax.random.key(2), (3, 32, 32, 3))
-    assert "conv_general_dilated" not in str(jax.make_jaxpr(lambda v, x: fast.forward(v, x)[0])(variables, x))
-    outputs = [jax.jit(lambda v, x: model.forward(v, x, train=True, key=jax.random.key(0))[0])(variables, x)
-               for model in (fast, plain)]
-    np.testing.assert_allclose(*outputs, rtol=1e-4, atol=1e-4)
