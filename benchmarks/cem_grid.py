@@ -1,15 +1,17 @@
 """Benchmark: CEM's 15-configuration σ×λ grid as one vmapped train step vs 15 sequential runs.
 
-    python benchmarks/cem_grid.py [--width 0.25] [--batch 128] [--steps 5]
+    python benchmarks/cem_grid.py [--width 0.25] [--batch 128] [--steps 5] [--modes vmap,map,unroll]
 
 One training step of `vgg11_bn_sgm` (width multiplier `--width`) with Gaussian noise + the CEM term
 (fitted random mixture, 10 classes × 5 components) at batch 128 on CIFAR-shaped random data, SGD
 momentum 0.9. "grid": the 15 configurations σ ∈ {0.01, 0.025, 0.05, 0.1, 0.15} × λ ∈ {0, 8, 16}
-as one jitted, vmapped step (stacked states, shared batch), as `mijax.train.fit(..., sweep=True)` runs
-it. "sequential": the single-configuration jitted step, run once per configuration (15 runs of the
-same compiled program). Both with the convolutions as `lax.conv` (the default) and as im2col matmuls
-(`matmul_everywhere=True`, what `experiments/cem.py` uses). Times exclude compilation (reported
-apart); median of `--steps` steps. Target: grid at least as fast as sequential (ratio ≥ 1).
+as one program over the stacked states (shared batch), as `mijax.train.fit(..., sweep=True)` runs it,
+in each `mijax.stacks` mode of `--modes` (`vmap`: convolutions planned for batched kernels; `map`:
+`lax.map`, one model at a time; `unroll`: a Python loop in the trace). "sequential": the
+single-configuration step, run once per configuration (15 runs of the same compiled program). Every
+variant runs `--steps` steps per dispatch in `fit_loop`'s `lax.scan` program; times per step,
+excluding compilation (reported apart). Target: grid at least as fast as sequential (ratio ≥ 1);
+`mijax.stacks.stack_mode` should name the fastest mode.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import optax
 from mijax import defenses
 from mijax.defenses import Mixture
 from mijax.models import vgg11_bn_sgm
-from mijax.train import init_train_state, make_train_step
+from mijax.stacks import STACK_MODES, map_models
+from mijax.train import init_train_state, make_train_step, scan_steps
 
 SIGMAS, LAMS = (0.01, 0.025, 0.05, 0.1, 0.15), (0.0, 8.0, 16.0)
 
@@ -39,17 +42,16 @@ def _defense_state(defense, sigma, lam, key):
 
 
 def _time(step, state, images, labels, steps):
-    start = time.perf_counter()
-    state, metrics = step(state, images, labels, jax.random.key(0))
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
+    """(compile + first dispatch, seconds per step) of `steps` steps in one scanned dispatch."""
+    run = scan_steps(step)
+    data, rows = (jnp.asarray(images), jnp.asarray(labels)), np.tile(np.arange(len(images)), (steps, 1))
     times = []
-    for t in range(steps):
+    for first in range(2):
         start = time.perf_counter()
-        state, metrics = step(state, images, labels, jax.random.key(t + 1))
+        state, metrics = run(state, data, rows, jax.random.key(0), np.int32(first * steps), ())
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
-    return compile_s, float(np.median(times))
+    return times[0], times[1] / steps
 
 
 def main() -> None:
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--modes", default=",".join(STACK_MODES))
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -68,21 +71,18 @@ def main() -> None:
     states = [_defense_state(defense, s, lam, jax.random.key(1)) for s, lam in configs]
     print(f"backend {jax.default_backend()}, vgg11_bn_sgm width {args.width}, batch {args.batch}, "
           f"{len(configs)} configurations, median of {args.steps} steps")
-    for everywhere in (False, True):
-        model = vgg11_bn_sgm(width_multiplier=args.width, matmul_everywhere=everywhere)
-        step = make_train_step(model, optimizer, defense)
-        init = lambda s: init_train_state(model, optimizer, jax.random.key(0), s)
-        single = jax.jit(step, donate_argnums=0)
-        single_compile, single_s = _time(single, jax.jit(init)(states[0]), images, labels, args.steps)
-        grid = jax.jit(jax.vmap(step, in_axes=(0, None, None, None)), donate_argnums=0)
+    model = vgg11_bn_sgm(width_multiplier=args.width)
+    step = make_train_step(model, optimizer, defense)
+    init = lambda s: init_train_state(model, optimizer, jax.random.key(0), s)
+    single_compile, single_s = _time(step, jax.jit(init)(states[0]), images, labels, args.steps)
+    sequential = len(configs) * single_s
+    print(f"sequential (15x) : {sequential:7.3f} s/step  ({single_s:.3f} s each, compile {single_compile:.1f} s)")
+    for mode in args.modes.split(","):
+        grid = map_models(step, (0, None, None, None), mode=mode)
         grid_compile, grid_s = _time(grid, jax.jit(jax.vmap(init))(defenses.stack(states)), images, labels,
                                      args.steps)
-        sequential = len(configs) * single_s
-        print(f"convolutions as {'im2col matmuls' if everywhere else 'lax.conv (matmul on 2x2 maps)'}:")
-        print(f"  grid (vmapped)   : {grid_s:7.3f} s/step  (compile {grid_compile:.1f} s)")
-        print(f"  sequential (15x) : {sequential:7.3f} s/step  ({single_s:.3f} s each, compile {single_compile:.1f} s)")
-        print(f"  ratio sequential / grid: {sequential / grid_s:.2f} (target >= 1)")
-
+        print(f"grid ({mode:6s})    : {grid_s:7.3f} s/step  (compile {grid_compile:.1f} s); "
+              f"ratio sequential / grid {sequential / grid_s:.2f} (target >= 1)")
 
 if __name__ == "__main__":
     main()

@@ -4,11 +4,12 @@
 
 1. A 3×3 64→64 convolution's input gradient (batch 16, 32×32) with JAX's own transpose rule and
    with `mijax.nn.conv2d`, in a plain jitted step and inside a `lax.scan` body.
-2. Its weight gradient, in a plain jitted step and inside a `lax.scan` body.
+2. Its weight gradient, with JAX's rule and with `mijax.nn.conv2d`, in a plain jitted step and
+   inside a `lax.scan` body.
 3. The gradient of 2×2 max pooling: `lax.reduce_window` (select-and-scatter) vs `mijax.nn.max_pool`.
 4. One rMLE step (CIFAR10CNN relu22, the authors' variant) per image at batch 1, 4, 16, 64.
-5. The weight gradient at batch 128 (64→64, 32×32): XLA's rule, an im2col matmul, and PyTorch's
-   (oneDNN, in the torch virtualenv of the other benchmarks) if it is available.
+5. The weight gradient at batch 128 (64→64, 32×32): JAX's rule, each form of `mijax.conv`, and
+   PyTorch's (oneDNN, in the torch virtualenv of the other benchmarks) if it is available.
 6. Matrix-product throughput.
 7. The gradient of the ReLU22 decoder's stride-1 transposed conv (64→3, batch 32, 32×32) by the
    col2im form's hand-written backward pass and by autodiff of the same forward.
@@ -31,7 +32,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mijax import nn
+from mijax import conv, nn
 from mijax.attacks import RMLEConfig, WhiteBox, rmle
 from mijax.models import cifar10cnn, he2019_decoder
 from mijax.models.decoders import _col2im
@@ -103,9 +104,10 @@ def main() -> None:
               f"{ms(in_scan(step, 5), x, runs=3, per=5):6.1f}")
 
     print("2. weight gradient, same shapes (one descent step on the kernel)")
-    step = lambda k: k - 0.01 * jax.grad(lambda k: jnp.sum(jnp.tanh(lax_conv(x, k)) ** 2))(k)
-    print(f"   jitted step {ms(jax.jit(step), kernel):6.1f}   inside lax.scan "
-          f"{ms(in_scan(step, 3), kernel, runs=1, per=3):8.1f}")
+    for name, conv in (("JAX's rule", lax_conv), ("mijax.nn.conv2d", lambda x, k: nn.conv2d(x, k, padding=1))):
+        step = lambda k: k - 0.01 * jax.grad(lambda k: jnp.sum(jnp.tanh(conv(x, k)) ** 2))(k)
+        print(f"   {name:16s}: jitted step {ms(jax.jit(step), kernel):6.1f}   inside lax.scan "
+              f"{ms(in_scan(step, 3), kernel, runs=1, per=3):8.1f}")
 
     print("3. 2x2 max pooling gradient, B16 32x32x64")
     for name, pool in (("lax.reduce_window", lambda h: nnx.max_pool(h, (2, 2), strides=(2, 2))),
@@ -118,11 +120,12 @@ def main() -> None:
     print("5. weight gradient, B128 32x32 64->64")
     big_x = jax.random.normal(key, (128, 32, 32, 64))
     big_dy = jax.random.normal(jax.random.key(2), (128, 32, 32, 64))
-    xla = jax.jit(lambda x, dy: jax.vjp(lambda k: lax_conv(x, k), kernel)[1](dy)[0])
-    col = jax.jit(lambda x, dy: (nn.im2col(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), 3, 3).reshape(-1, 576).T
-                                 @ dy.reshape(-1, 64)).reshape(3, 3, 64, 64))
-    np.testing.assert_allclose(col(big_x, big_dy), xla(big_x, big_dy), rtol=1e-3, atol=1e-1)
-    line = f"   XLA {ms(xla, big_x, big_dy, runs=3):6.1f}   im2col matmul {ms(col, big_x, big_dy, runs=3):6.1f}"
+    rule = jax.jit(lambda x, dy: jax.vjp(lambda k: lax_conv(x, k), kernel)[1](dy)[0])
+    line = f"   JAX's rule {ms(rule, big_x, big_dy, runs=3):6.1f}"
+    for form in conv.FORMS:
+        fn = jax.jit(lambda x, dy: conv._weight_grad(x, dy, kernel.shape, 1, 1, form))
+        np.testing.assert_allclose(fn(big_x, big_dy), rule(big_x, big_dy), rtol=1e-3, atol=1e-1)
+        line += f"   {form} {ms(fn, big_x, big_dy, runs=3):6.1f}"
     if os.path.exists(args.torch_python):
         out = subprocess.run([args.torch_python, "-c", TORCH_WEIGHT_GRADIENT.format(threads=os.cpu_count())],
                              capture_output=True, text=True, check=True).stdout

@@ -203,7 +203,7 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
     if checkpointer and checkpointer.latest_step() is not None:
         start = checkpointer.latest_step()
         state = checkpointer.restore(state)
-    run = _multi_step_program(step)
+    run = scan_steps(step)
     device_arrays = tuple(jnp.asarray(a) for a in arrays)
     bar = tqdm(total=total, initial=start, desc=description, disable=not progress, leave=False)
     try:
@@ -233,7 +233,7 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
     return state
 
 
-def _multi_step_program(step: Callable) -> Callable:
+def scan_steps(step: Callable) -> Callable:
     """`run(state, arrays, rows [count, batch], key, first_step, step_args)`: `count` steps in a scan."""
 
     def run(state, arrays, rows, key, first_step, step_args):
