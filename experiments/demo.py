@@ -16,7 +16,6 @@ grows the attack's SSIM falls, and so does accuracy.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 import time
 
@@ -29,6 +28,7 @@ from experiments import common
 from mijax import data, defenses, metrics, report
 from mijax.attacks import RMLEConfig, WhiteBox, rmle
 from mijax.models import digits_cnn
+from mijax.stacks import map_models
 from mijax.train import evaluate, fit, transmit
 
 
@@ -89,11 +89,11 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     attack_config = RMLEConfig(num_steps=config.attack_steps, learning_rate=config.attack_learning_rate,
                                tv_weight=config.attack_tv_weight)
 
-    @jax.jit
-    @functools.partial(jax.vmap, in_axes=(0, 0, None, None))
-    def attack(variables, noise_state, targets, key):  # arguments, not closures: no constant folding
+    def attack_one(variables, noise_state, targets, key):  # arguments, not closures: no constant folding
         _, _, z_tilde, _ = transmit(model, defense, noise_state, variables, targets, key, train=False)
         return rmle(WhiteBox.from_model(model, variables), z_tilde, config=attack_config)
+
+    attack = jax.jit(map_models(attack_one, (0, 0, None, None)))  # one model per σ
 
     x_hat = np.asarray(attack(state.variables, noise_states, targets, attack_key))
     rows = []

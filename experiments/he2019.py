@@ -22,7 +22,6 @@ queries; dropout and noise lower attack SSIM at a measured accuracy cost.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 import time
 from typing import Callable, NamedTuple
@@ -41,6 +40,7 @@ from mijax.models import cifar10cnn, lenet
 from mijax.models.decoders import he2019_decoder
 from mijax.optim import torch_amsgrad
 from mijax.split import SplitModel
+from mijax.stacks import map_models
 from mijax.train import evaluate, fit, transmit
 
 # Published numbers (he2019.md §8): ACSAC Table 3 (PSNR, SSIM), Table 4 and Table 6 (SSIM).
@@ -234,11 +234,11 @@ def _defense_curves(name, model, variables, test, targets, config, key):
         accuracy = evaluate(cut_model, variables, test.images[:n], test.labels[:n], defense=defense,
                             defense_state=states, key=key, sweep="defense")
 
-        @jax.jit
-        @functools.partial(jax.vmap, in_axes=(0, None, None, None))
-        def attack(state, variables, targets, key):
+        def attack_one(state, variables, targets, key):
             _, _, z_tilde, _ = transmit(cut_model, defense, state, variables, targets, key, train=False)
             return rmle(WhiteBox.from_model(cut_model, variables), z_tilde, config=attack_config)
+
+        attack = jax.jit(map_models(attack_one, (0, None, None, None), stacked_weights=False))
 
         x_hat = np.asarray(attack(states, variables, targets, key))
         for i, value in enumerate(values):

@@ -27,10 +27,13 @@ def stack_mode(backend: str | None = None) -> StackMode:
     return "vmap"
 
 
-def vmap_models(fn: Callable, in_axes, out_axes=0) -> Callable:
-    """`jax.vmap(fn, in_axes, out_axes)` over stacked models, with convolutions planned for batched
-    kernels (`mijax.conv.stacked_kernels`); for states that mix stacked and shared parts."""
+def vmap_models(fn: Callable, in_axes, out_axes=0, *, stacked_weights: bool = True) -> Callable:
+    """`jax.vmap(fn, in_axes, out_axes)` over stacked models; with `stacked_weights` the convolutions
+    are planned for batched kernels (`mijax.conv.stacked_kernels`). For states that mix stacked and
+    shared parts (any `in_axes` pytree)."""
     batched = jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
+    if not stacked_weights:
+        return batched
 
     def call(*args):
         with conv.stacked_kernels():
@@ -38,13 +41,16 @@ def vmap_models(fn: Callable, in_axes, out_axes=0) -> Callable:
     return call
 
 
-def map_models(fn: Callable, in_axes: Sequence[int | None], *, mode: StackMode | None = None) -> Callable:
+def map_models(fn: Callable, in_axes: Sequence[int | None], *, mode: StackMode | None = None,
+               stacked_weights: bool = True) -> Callable:
     """`fn` mapped over the leading axis of the arguments whose `in_axes` entry is 0.
 
     Like `jax.vmap(fn, in_axes)` with `in_axes` a tuple of 0 / None per positional argument, with
     outputs stacked along a new leading axis, computed as `mode` says (default `stack_mode()`):
-    ``"vmap"`` (convolutions planned for batched kernels), ``"map"`` (`lax.map`: one model at a
-    time inside a loop) or ``"unroll"`` (a Python loop inside the trace).
+    ``"vmap"``, ``"map"`` (`lax.map`: one model at a time inside a loop) or ``"unroll"`` (a Python
+    loop inside the trace). `stacked_weights`: the mapped arguments hold convolution kernels (a stack
+    of models), so under ``"vmap"`` the convolutions are planned for batched kernels; False for a
+    sweep over data or defense settings with shared weights, which `vmap` folds into the batch.
     """
     mode = mode or stack_mode()
     if mode not in STACK_MODES:
@@ -54,7 +60,7 @@ def map_models(fn: Callable, in_axes: Sequence[int | None], *, mode: StackMode |
         raise ValueError(f"expected in_axes entries 0 or None, got {in_axes}")
 
     if mode == "vmap":
-        return vmap_models(fn, in_axes)
+        return vmap_models(fn, in_axes, stacked_weights=stacked_weights)
 
     def call(*args):
         if len(args) != len(in_axes):

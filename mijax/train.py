@@ -120,7 +120,8 @@ def predict(model: SplitModel, variables: Variables, images, *, defense: Defense
     if sweep not in (False, True, "all", "defense"):
         raise ValueError(f"expected sweep in (False, True, 'all', 'defense'), got {sweep!r}")
     if sweep:
-        logits_fn = map_models(logits_fn, (None if sweep == "defense" else 0, 0, None, None))
+        logits_fn = map_models(logits_fn, (None if sweep == "defense" else 0, 0, None, None),
+                               stacked_weights=sweep != "defense")
     logits_fn = jax.jit(logits_fn)
     images = np.asarray(images)
     outputs = []

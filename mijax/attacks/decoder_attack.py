@@ -175,7 +175,8 @@ def stacked_oracle(model, variables: Variables, *, defense=None, defense_state: 
     def query(x, key=None):
         def one(v, s):
             return BlackBox.from_model(model, v, defense=defense, defense_state=s).query(x, key=key)
-        return map_models(one, (variables_axis, defense_axis))(variables, defense_state)
+        return map_models(one, (variables_axis, defense_axis),
+                          stacked_weights=variables_axis is not None)(variables, defense_state)
 
     return BlackBox(query, model.input_shape)
 
