@@ -1,4 +1,4 @@
-"""Experiments: one module per paper/table with `get_config(preset)` and `run(config, workdir)`.
+"""Experiments (installed as `mijax_experiments`): one module per paper/table with `get_config(preset)` and `run(config, workdir)`.
 
 `mijax run NAME` finds them here; each module's docstring states the command, cost and result.
 """
@@ -7,9 +7,9 @@ import importlib
 from types import ModuleType
 
 EXPERIMENTS = {
-    "demo": "experiments.demo",
-    "he2019": "experiments.he2019",
-    "cem": "experiments.cem",
+    "demo": "mijax_experiments.demo",
+    "he2019": "mijax_experiments.he2019",
+    "cem": "mijax_experiments.cem",
 }
 
 

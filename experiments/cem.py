@@ -47,12 +47,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from experiments import common  # noqa: E402
+from mijax_experiments import common  # noqa: E402
 from mijax import data, defenses, metrics, report  # noqa: E402
 from mijax.attacks import (DecoderAttackConfig, GanConfig, cem_attack_data, decoder_attack,  # noqa: E402
                            gan_finetune, stacked_oracle, train_decoder_attack)
 from mijax.data.transforms import CIFAR10, Normalization  # noqa: E402
-from mijax.defenses.cem import log_det_monitor  # noqa: E402
+from mijax.defenses.conditional_entropy import log_det_monitor  # noqa: E402
 from mijax.models import dgwgan32, res_norm_decoder, vgg11_bn_sgm  # noqa: E402
 from mijax.train import evaluate, features, fit  # noqa: E402
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import common
+from mijax_experiments import common
 from mijax import data, defenses, metrics, report
 from mijax.attacks import RMLEConfig, WhiteBox, rmle
 from mijax.models import digits_cnn

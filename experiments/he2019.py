@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import common
+from mijax_experiments import common
 from mijax import data, defenses, metrics, report
 from mijax.attacks import BlackBox, QueryFree, RMLEConfig, WhiteBox, rmle
-from mijax.attacks.inverse_network import InverseNetworkConfig, attacker_images, inverse_network
+from mijax.attacks.learned_inversion import InverseNetworkConfig, attacker_images, inverse_network
 from mijax.attacks.shadow import ShadowConfig, he2019_shadow, shadow_attack
 from mijax.models import cifar10cnn, lenet
 from mijax.models.decoders import he2019_decoder

@@ -15,7 +15,7 @@ import pathlib
 
 import jax
 
-from experiments import he2019
+from mijax_experiments import he2019
 from mijax import data
 from mijax.attacks import RMLEConfig, WhiteBox, rmle
 

@@ -6,7 +6,6 @@ import pathlib
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
 
 
 class Checkpointer:
@@ -19,6 +18,9 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2):
+        import orbax.checkpoint as ocp  # here, not at import: it takes a third of a second
+
+        self._ocp = ocp
         self.directory = pathlib.Path(directory).absolute()
         self._manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
@@ -27,15 +29,15 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any) -> None:
-        self._manager.save(int(step), args=ocp.args.StandardSave(state))
+        self._manager.save(int(step), args=self._ocp.args.StandardSave(state))
 
     def restore(self, like: Any, step: int | None = None) -> Any:
         """Restores the checkpoint at `step` (default: latest) into the structure of `like`."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, like)
+        return self._manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> None:
-    import experiments
+    import mijax_experiments as experiments
 
     for name in sorted(experiments.EXPERIMENTS):
         module = experiments.get(name)
@@ -40,8 +40,8 @@ def _list() -> None:
 
 
 def _run(name: str, args) -> None:
-    import experiments
-    from experiments import common
+    import mijax_experiments as experiments
+    from mijax_experiments import common
     from mijax import report
 
     workdir = args.workdir or pathlib.Path("mijax-runs") / f"{name}-{args.preset}"

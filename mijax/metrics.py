@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mijax import checks
+
 __all__ = [
     "COMPAT_MODES",
     "MIN_MSE",
@@ -91,6 +93,7 @@ def _check_images(x_hat, x) -> tuple[jax.Array, jax.Array]:
         raise ValueError(
             f"expected x_hat of shape {_IMAGE_SHAPE} matching x {x_shape}, got {x_hat_shape}"
         )
+    checks.nonempty("x", x_shape)
     if _is_concrete(x_hat, x):
         for name, a in (("x_hat", x_hat), ("x", x)):
             values = np.asarray(a)

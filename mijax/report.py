@@ -14,14 +14,19 @@ import sys
 from importlib import metadata
 from typing import Any, Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 _PACKAGES = ("mijax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
              "numpy", "dm-pix")
+
+
+def _pyplot():
+    """matplotlib, imported on first use (it would add a third of a second to `import mijax`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def versions() -> dict[str, str]:
@@ -109,6 +114,7 @@ def reconstruction_grid(path: str | pathlib.Path, originals: np.ndarray,
     """
     rows = {"original": np.asarray(originals), **{k: np.asarray(v) for k, v in reconstructions.items()}}
     n = min(max_images, len(originals))
+    plt = _pyplot()
     fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.2, 1.15 * len(rows)), squeeze=False)
     for r, (label, images) in enumerate(rows.items()):
         for c in range(n):
@@ -143,6 +149,7 @@ def privacy_utility_plot(path: str | pathlib.Path, rows: Sequence[Mapping[str, A
     groups: dict[Any, list] = {}
     for r in rows:
         groups.setdefault(r.get(group) if group else None, []).append(r)
+    plt = _pyplot()
     fig, left = plt.subplots(figsize=(5.5, 3.6))
     right = left.twinx()
     for i, (name, members) in enumerate(groups.items()):

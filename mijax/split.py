@@ -9,6 +9,7 @@ the variables of the whole network are keyed by layer name.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 
@@ -86,7 +87,10 @@ class SplitModel:
 
     def cloud_apply(self, variables: Variables, z: jax.Array, *, train: bool = False,
                     key: jax.Array | None = None) -> tuple[jax.Array, Variables]:
-        """Logits `g(z)` of the transmitted features `z`."""
+        """Logits `g(z)` of the transmitted features `z` `[batch, *feature_shape()]`."""
+        if z.ndim < 1 or tuple(z.shape[1:]) != self.feature_shape():
+            raise ValueError(f"expected z of shape [batch, {', '.join(map(str, self.feature_shape()))}] "
+                             f"(the output of the edge cut at {self.cut!r}), got {tuple(z.shape)}")
         return self.network.apply(variables, z, train=train, key=key, start=self.cloud_names[0])
 
     def forward(self, variables: Variables, x: jax.Array, *, train: bool = False,
@@ -96,7 +100,12 @@ class SplitModel:
         return self.cloud_apply(variables, z, train=train, key=key)
 
     def feature_shape(self) -> tuple[int, ...]:
-        """Shape of `z` for one image, found by abstract evaluation."""
-        x = jax.ShapeDtypeStruct((1, *self.input_shape), "float32")
-        out = jax.eval_shape(lambda v, x: self.edge_apply(v, x)[0], jax.eval_shape(self.init, jax.random.key(0)), x)
-        return tuple(out.shape[1:])
+        """Shape of `z` for one image, found by abstract evaluation (once per model)."""
+        return _feature_shape(self)
+
+
+@functools.lru_cache(maxsize=256)
+def _feature_shape(model: SplitModel) -> tuple[int, ...]:
+    x = jax.ShapeDtypeStruct((1, *model.input_shape), "float32")
+    out = jax.eval_shape(lambda v, x: model.edge_apply(v, x)[0], jax.eval_shape(model.init, jax.random.key(0)), x)
+    return tuple(out.shape[1:])

@@ -11,7 +11,9 @@ models that differ in their defense settings (σ, λ, ...) as one vmapped progra
 from __future__ import annotations
 
 import functools
+import json
 import pathlib
+import zlib
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -20,6 +22,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from mijax import checks
 from mijax.checkpoint import Checkpointer
 from mijax.defenses.base import Defense, LossInputs, identity
 from mijax.nn import Variables
@@ -101,17 +104,28 @@ def make_train_step(model: SplitModel, optimizer: optax.GradientTransformation,
 
 
 def predict(model: SplitModel, variables: Variables, images, *, defense: Defense | None = None,
-            defense_state: Any = (), key: jax.Array, batch_size: int = 256,
+            defense_state: Any = None, key: jax.Array, batch_size: int = 256,
             sweep: bool | str = False) -> np.ndarray:
     """Logits `g(T(f(x)))` in eval mode for all `images` ([num_models, N, classes] if `sweep`).
 
     The defense is active as deployed: fresh noise per batch from `key`.
 
     Args:
+        defense_state: the defense's state; defaults to `defense.init()` (not for sweeps).
         sweep: False; True (or "all") when `variables` and `defense_state` carry a leading model
             axis; "defense" when only `defense_state` does (one model, many defense settings).
     """
     defense = defense or identity()
+    if defense_state is None:
+        if sweep:
+            raise ValueError("expected a stacked defense_state with sweep (see mijax.defenses.stack), got None")
+        defense_state = defense.init()
+    images = np.asarray(images)
+    model.check_images(images)
+    checks.nonempty("images", images.shape)
+    checks.unit_interval("images", images)
+    if batch_size < 1:
+        raise ValueError(f"expected batch_size >= 1, got {batch_size}")
 
     def logits_fn(variables, defense_state, x, key):
         _, _, z_tilde, _ = transmit(model, defense, defense_state, variables, x, key, train=False)
@@ -123,7 +137,6 @@ def predict(model: SplitModel, variables: Variables, images, *, defense: Defense
         logits_fn = map_models(logits_fn, (None if sweep == "defense" else 0, 0, None, None),
                                stacked_weights=sweep != "defense")
     logits_fn = jax.jit(logits_fn)
-    images = np.asarray(images)
     outputs = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
@@ -136,9 +149,13 @@ def predict(model: SplitModel, variables: Variables, images, *, defense: Defense
 
 
 def evaluate(model: SplitModel, variables: Variables, images, labels, *, defense: Defense | None = None,
-             defense_state: Any = (), key: jax.Array, batch_size: int = 256,
+             defense_state: Any = None, key: jax.Array, batch_size: int = 256,
              sweep: bool | str = False) -> np.ndarray:
     """Top-1 accuracy of the deployed pipeline (a scalar, or `[num_models]` if `sweep`; see `predict`)."""
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),):
+        raise ValueError(f"expected labels of shape [{len(images)}] matching images, got {labels.shape}")
+    checks.class_labels("labels", labels, model.num_classes)
     logits = predict(model, variables, images, defense=defense, defense_state=defense_state, key=key,
                      batch_size=batch_size, sweep=sweep)
     return np.mean(np.argmax(logits, -1) == np.asarray(labels), axis=-1)
@@ -178,7 +195,9 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
         key: PRNG key for the data order and the steps.
         step_args: arrays passed to every step unchanged (weights an attack reads, say): arguments
             of the compiled program, not constants folded into it.
-        workdir: checkpoints go to `workdir/checkpoints`; None disables checkpointing.
+        workdir: checkpoints go to `workdir/checkpoints`; None disables checkpointing. A rerun resumes
+            only a run of the same data, batch size, key and state shapes (`workdir/run.json`); more
+            epochs continue it.
         checkpoint_every: steps between checkpoints (default: once per epoch).
         epoch_end: `epoch_end(state, epoch) -> state` after each epoch (before its checkpoint).
         callback: `callback(step, state)` after every dispatch; epoch ends and checkpoints always
@@ -199,7 +218,10 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
     steps_per_epoch = num // batch_size
     total = epochs * steps_per_epoch
     checkpoint_every = checkpoint_every or steps_per_epoch
-    checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints") if workdir else None
+    checkpointer = None
+    if workdir:
+        _check_same_run(pathlib.Path(workdir), state, arrays, batch_size=batch_size, key=key)
+        checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints")
     start = 0
     if checkpointer and checkpointer.latest_step() is not None:
         start = checkpointer.latest_step()
@@ -232,6 +254,28 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
         if checkpointer:
             checkpointer.close()
     return state
+
+
+def _check_same_run(workdir: pathlib.Path, state, arrays, *, batch_size: int, key: jax.Array) -> None:
+    """Records what defines a run in `workdir/run.json`; raises if `workdir` holds a different run."""
+    def digest(a):  # a strided sample of the bytes: cheap on 50,000 images, still tells datasets apart
+        a = np.ascontiguousarray(a[::max(1, len(a) // 1024)])
+        return f"{a.shape}:{a.dtype}:{zlib.crc32(a.tobytes()):08x}"
+
+    run = {"batch_size": batch_size, "examples": len(arrays[0]),
+           "data": [digest(np.asarray(a)) for a in arrays],
+           "key": np.asarray(jax.random.key_data(key)).tolist(),
+           "state": [f"{tuple(np.shape(leaf))}:{jnp.result_type(leaf)}" for leaf in jax.tree.leaves(state)]}
+    path = workdir / "run.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        differing = [name for name in run if saved.get(name) != run[name]]
+        if differing:
+            raise ValueError(f"expected workdir {str(workdir)!r} to hold a run of the same settings, but its "
+                             f"{', '.join(differing)} differ; pass another workdir or delete this one")
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run))
 
 
 def scan_steps(step: Callable) -> Callable:
@@ -283,8 +327,10 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
     model.check_images(images)
     if labels.shape != (images.shape[0],):
         raise ValueError(f"expected labels of shape [{images.shape[0]}] matching images, got {labels.shape}")
-    if images.size and (images.min() < 0 or images.max() > 1):
-        raise ValueError(f"expected images in [0, 1], got values in [{images.min():.3g}, {images.max():.3g}]")
+    checks.unit_interval("images", images)
+    checks.class_labels("labels", labels, model.num_classes)
+    if epochs < 1:
+        raise ValueError(f"expected epochs >= 1, got {epochs}")
     defense = defense or identity()
     if defense_state is None:
         defense_state = defense.init()

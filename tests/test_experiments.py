@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-import experiments
+import mijax_experiments as experiments
 
 
 def test_every_experiment_has_presets_and_a_documented_command():

@@ -2,11 +2,11 @@
 
 from mijax.attacks.knowledge import BlackBox, QueryFree, WhiteBox
 from mijax.attacks.priors import total_variation
-from mijax.attacks.rmle import RMLEConfig, rmle, rmle_objective
+from mijax.attacks.mle_inversion import RMLEConfig, rmle, rmle_objective
 
 __all__ = ["BlackBox", "QueryFree", "WhiteBox", "total_variation", "RMLEConfig", "rmle", "rmle_objective"]
 
-from mijax.attacks.inverse_network import (  # noqa: E402
+from mijax.attacks.learned_inversion import (  # noqa: E402
     InverseNetworkConfig,
     TrainedDecoder,
     attacker_images,
@@ -21,7 +21,7 @@ __all__ += ["InverseNetworkConfig", "TrainedDecoder", "attacker_images", "invers
             "query_dataset", "train_inverse_network", "ShadowConfig", "TrainedShadow", "he2019_shadow",
             "shadow_attack", "train_shadow"]
 
-from mijax.attacks.decoder_attack import (  # noqa: E402
+from mijax.attacks.noise_aware_decoder import (  # noqa: E402
     DecoderAttackConfig,
     cem_attack_data,
     decoder_attack,

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mijax.attacks.decoder_attack import _stack, cosine_per_epoch, lift_constants, prepare_queries
+from mijax.attacks.noise_aware_decoder import _stack, cosine_per_epoch, lift_constants, prepare_queries
 from mijax.attacks.knowledge import BlackBox
 from mijax.nn import Pure, Variables
 from mijax.stacks import vmap_models

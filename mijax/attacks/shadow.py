@@ -6,7 +6,7 @@ data of the training distribution and
 1. trains a shadow edge `ĥ` through the **frozen** cloud: `min_ĥ Σ_i CE(g(ĥ(x_i)), y_i)`, so that
    `ĥ` learns to produce features the cloud understands — features close to the victim's `f`;
 2. inverts the victim's real `z̃` through the shadow with white-box rMLE:
-   `x̂ = argmin_x ‖ĥ(x) − z̃‖² + λ_TV·TV(x)` (`mijax.attacks.rmle`).
+   `x̂ = argmin_x ‖ĥ(x) − z̃‖² + λ_TV·TV(x)` (`mijax.attacks.mle_inversion`).
 
 The shadow has the victim edge's architecture ("same net": pass a fresh `SplitModel`) or another one
 ("diff net": `he2019_shadow(cut, dataset)` or any `Pure`). The attack takes a `QueryFree`, which
@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mijax.attacks.inverse_network import check_he2019_schedule, he2019_optimizer
+from mijax.attacks.learned_inversion import check_he2019_schedule, he2019_optimizer
 from mijax.attacks.knowledge import QueryFree, WhiteBox
-from mijax.attacks.rmle import RMLEConfig, rmle
+from mijax.attacks.mle_inversion import RMLEConfig, rmle
 from mijax.data.transforms import Normalization
 from mijax.nn import Conv2d, Layer, Pure, Sequential, Variables, max_pool, pure
 from mijax.split import SplitModel
@@ -90,7 +90,7 @@ class TrainedShadow(NamedTuple):
     input_shape: tuple[int, int, int]
 
     def white_box(self) -> WhiteBox:
-        """The shadow as a `WhiteBox` for `mijax.attacks.rmle`."""
+        """The shadow as a `WhiteBox` for `mijax.attacks.mle_inversion`."""
         return WhiteBox(lambda x: self.edge.apply(self.variables, x)[0], self.normalization,
                         self.input_shape)
 

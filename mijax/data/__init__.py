@@ -9,7 +9,6 @@ See `mijax.data.loading` for the splits and the papers' attacker-data convention
 `mijax.data.builders` for where the official files come from.
 """
 
-from mijax.data.builders import BUILDERS, get_builder
 from mijax.data.loading import Dataset, batches, eval_subset_one_per_class, load
 from mijax.data.transforms import (
     CIFAR10,
@@ -21,6 +20,15 @@ from mijax.data.transforms import (
     random_flip,
     resize,
 )
+
+
+
+def __getattr__(name):  # tensorflow-datasets is imported on first use, not by `import mijax`
+    if name in ("BUILDERS", "get_builder", "builders"):
+        from mijax.data import builders
+        return builders if name == "builders" else getattr(builders, name)
+    raise AttributeError(f"module 'mijax.data' has no attribute {name!r}")
+
 
 __all__ = [
     "BUILDERS", "CIFAR10", "Dataset", "IMAGENET", "MNIST_HALF", "Normalization", "batches",

@@ -37,7 +37,6 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from mijax.data import builders
 
 _READ_CHUNK = 8192  # records per `__getitems__` call: one batched read, bounded memory
 
@@ -88,9 +87,12 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
         int32 labels `[num_examples]`.
 
     Raises:
-        ValueError: unknown dataset or split; an official file does not match its md5.
+        ValueError: unknown dataset or split; an official file does not match its md5; the
+            prepared cache is corrupted (the message names the folder to delete).
         FileNotFoundError: an official file is neither in `data_dir` nor downloadable.
     """
+    from mijax.data import builders  # tensorflow-datasets, on first use
+
     builder = builders.get_builder(name, manual_root=data_dir)
     _check_split(split, name, builder.SPLITS)
     builder.download_and_prepare()
@@ -101,10 +103,14 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
     n = len(source)
     images = np.empty((n, *builder.SHAPE), np.uint8)
     labels = np.empty((n,), np.int32)
-    for start in range(0, n, _READ_CHUNK):
-        records = _read_records(source, list(range(start, min(n, start + _READ_CHUNK))))
-        images[start:start + len(records)] = np.stack([r["image"] for r in records])
-        labels[start:start + len(records)] = [r["label"] for r in records]
+    try:
+        for start in range(0, n, _READ_CHUNK):
+            records = _read_records(source, list(range(start, min(n, start + _READ_CHUNK))))
+            images[start:start + len(records)] = np.stack([r["image"] for r in records])
+            labels[start:start + len(records)] = [r["label"] for r in records]
+    except RuntimeError as e:  # ArrayRecord's error for a truncated or corrupted record file
+        raise ValueError(f"the prepared {name!r} data in {builder.data_dir} cannot be read ({e}); delete "
+                         "that folder and load again to prepare it anew") from e
     pixels = np.divide(images, np.float32(255), dtype=np.float32)  # one pass, no float64 copy
     return Dataset(pixels, labels, int(builder.info.features["label"].num_classes), name)
 

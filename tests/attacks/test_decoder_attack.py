@@ -13,7 +13,7 @@ from mijax.attacks import (
     stacked_oracle,
     train_decoder_attack,
 )
-from mijax.attacks.decoder_attack import (
+from mijax.attacks.noise_aware_decoder import (
     cosine_per_epoch,
     decoder_attack_optimizer,
     oracle_fn,

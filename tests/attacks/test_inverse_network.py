@@ -18,7 +18,7 @@ from mijax.attacks import (
     query_dataset,
     train_inverse_network,
 )
-from mijax.attacks.inverse_network import he2019_optimizer
+from mijax.attacks.learned_inversion import he2019_optimizer
 from mijax.data.transforms import MNIST_HALF
 from mijax.models import decoder_for, he2019_decoder, lenet
 from mijax.nn import Layer, Linear, Sequential, pure

@@ -1,4 +1,4 @@
-"""CEM (`mijax.defenses.cem`): the loss against a loop port of the reference, monitors, the Defense."""
+"""CEM (`mijax.defenses.conditional_entropy`): the loss against a loop port of the reference, monitors, the Defense."""
 
 import importlib
 import math
@@ -13,7 +13,7 @@ import pytest
 from mijax import defenses, models, train
 from mijax.defenses import LossInputs, Mixture
 
-cem_module = importlib.import_module("mijax.defenses.cem")
+cem_module = importlib.import_module("mijax.defenses.conditional_entropy")
 kmeans = importlib.import_module("mijax.defenses.kmeans")
 
 

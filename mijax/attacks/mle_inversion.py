@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from mijax import checks
 from mijax.attacks.knowledge import WhiteBox
 from mijax.attacks.priors import total_variation
 from mijax.optim import torch_amsgrad
@@ -67,6 +68,10 @@ class RMLEConfig:
                 raise ValueError(f"expected {name} in {valid}, got {getattr(self, name)!r}")
         if self.num_steps < 1:
             raise ValueError(f"expected num_steps >= 1, got {self.num_steps}")
+        checks.positive("learning_rate", self.learning_rate)
+        checks.positive("eps", self.eps)
+        checks.positive("tv_weight", self.tv_weight, allow_zero=True)
+        checks.positive("l2_weight", self.l2_weight, allow_zero=True)
 
 
 def _optimizer(config: RMLEConfig) -> optax.GradientTransformation:
@@ -117,7 +122,8 @@ def rmle(knowledge: WhiteBox, z_observed: jax.Array, *, config: RMLEConfig = RML
         `x_hat` `[batch, height, width, channels]` in [0,1] (and the `[batch]` final losses).
 
     Raises:
-        ValueError: if `z_observed` does not match the edge's output shape.
+        ValueError: if `z_observed` is empty, not finite or does not match the edge's output shape,
+            or on invalid settings (a learning rate or eps <= 0, negative weights).
 
     Example:
         >>> attacker = WhiteBox.from_model(model, variables)
@@ -126,6 +132,8 @@ def rmle(knowledge: WhiteBox, z_observed: jax.Array, *, config: RMLEConfig = RML
     del key
     config.validate()
     z_observed = jnp.asarray(z_observed)
+    checks.nonempty("z_observed", z_observed.shape)
+    checks.finite("z_observed", z_observed)
     batch = z_observed.shape[0]
     shape = (batch, *knowledge.input_shape)
     expected = jax.eval_shape(knowledge.edge, jax.ShapeDtypeStruct(shape, jnp.float32))

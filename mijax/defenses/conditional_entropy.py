@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from mijax import checks
 from mijax.defenses.base import Defense, LossInputs, chain, check_scalar
 from mijax.defenses.kmeans import (Mixture, _layout, assign, default_chunk_size, fit_mixture,
                                    kmeans_plusplus)
@@ -54,6 +55,7 @@ def _check_loss_inputs(z, labels, mixture):
     if mixture.means.shape[-1] != dim:
         raise ValueError(f"expected mixture means of feature size {dim} (z flattened), got "
                          f"{mixture.means.shape[-1]}")
+    checks.class_labels("labels", labels, mixture.means.shape[0])
     return z.reshape(z.shape[0], dim), labels.astype(jnp.int32)
 
 

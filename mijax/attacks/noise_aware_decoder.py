@@ -36,7 +36,7 @@ from jax.extend import core as jax_core
 import numpy as np
 import optax
 
-from mijax.attacks.inverse_network import check_decoder
+from mijax.attacks.learned_inversion import check_decoder
 from mijax.attacks.knowledge import BlackBox
 from mijax.data.loading import Dataset
 from mijax.nn import Pure, Variables
