@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mijax import conv, nn
+from mijax import conv as mconv, nn
 from mijax.attacks import RMLEConfig, WhiteBox, rmle
 from mijax.models import cifar10cnn, he2019_decoder
 from mijax.models.decoders import _col2im
@@ -122,8 +122,8 @@ def main() -> None:
     big_dy = jax.random.normal(jax.random.key(2), (128, 32, 32, 64))
     rule = jax.jit(lambda x, dy: jax.vjp(lambda k: lax_conv(x, k), kernel)[1](dy)[0])
     line = f"   JAX's rule {ms(rule, big_x, big_dy, runs=3):6.1f}"
-    for form in conv.FORMS:
-        fn = jax.jit(lambda x, dy: conv._weight_grad(x, dy, kernel.shape, 1, 1, form))
+    for form in mconv.FORMS:
+        fn = jax.jit(lambda x, dy: mconv._weight_grad(x, dy, kernel.shape, 1, 1, form))
         np.testing.assert_allclose(fn(big_x, big_dy), rule(big_x, big_dy), rtol=1e-3, atol=1e-1)
         line += f"   {form} {ms(fn, big_x, big_dy, runs=3):6.1f}"
     if os.path.exists(args.torch_python):

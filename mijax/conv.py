@@ -17,8 +17,9 @@ how its forward pass, input gradient and weight gradient are computed:
 All three compute the same function, with hand-written gradients (`jax.custom_vjp`) and never
 JAX's own convolution-transpose rules: XLA-CPU runs JAX's weight-gradient rule 50-100× slower inside
 a `lax.scan` body than in a plain jitted step (667 vs 6.6 ms at batch 16, 32×32, 64→64) and its
-input-gradient rule 2.5× slower, while the forms here cost the same in both places. Training steps
-and attack iterations run inside `lax.scan`, so the rules are measured there.
+input-gradient rule 2.5× slower, while the forms here cost about the same in both places (at most
+1.5× more inside the loop, and often less). Training steps and attack iterations run inside
+`lax.scan`, so the rules are measured there (`python benchmarks/conv_forms.py --scan`).
 
 `plan_conv` holds the measured rules that choose a plan from the shapes, so model code never picks
 a form itself.

@@ -1,8 +1,8 @@
 """Stacks of models (a σ×λ grid, ensemble members) as one program: `vmap`, `lax.map` or unrolled.
 
 Every stacked run in mijax maps a function over a leading model axis through `map_models`, so the
-form is chosen in one place (`stack_mode`, measured by `benchmarks/cem_grid.py --modes`) and every
-form gives the same numbers (tested).
+form is chosen in one place (`stack_mode`, measured by `benchmarks/cem_grid.py --modes` and
+`benchmarks/rmle.py`) and every form gives the same numbers (tested).
 """
 
 from __future__ import annotations
@@ -16,15 +16,22 @@ from mijax import conv
 
 StackMode = Literal["vmap", "map", "unroll"]
 STACK_MODES: tuple[str, ...] = ("vmap", "map", "unroll")
+MAP_GROUP = 2  # models per iteration of the "map" mode (the cores of the machine it was measured on)
+UNROLL_MAX = 5  # the largest stack `stack_mode` unrolls on CPU (compile time grows with the count)
 
 
-def stack_mode(backend: str | None = None) -> StackMode:
-    """The measured-fastest way to run a stack of models on `backend` (default: JAX's default).
+def stack_mode(count: int, backend: str | None = None) -> StackMode:
+    """The measured-fastest way to run a stack of `count` models on `backend` (default: JAX's).
 
-    On XLA-CPU (2 cores) `vmap` with im2col convolutions (`mijax.conv.stacked_kernels`) is fastest
-    for the CEM grid step (BENCHMARKS.md, `benchmarks/cem_grid.py --modes`); on accelerators `vmap`.
+    XLA-CPU (2 cores; `benchmarks/cem_grid.py`, `benchmarks/rmle.py`): unrolled models run
+    concurrently, one per core, and beat 15 sequential runs of the CEM grid step (1.27×; vmap 0.77×,
+    where batched kernels become batched matrix products), but compile one copy per model (96 s
+    for 15 VGG steps), so stacks above `UNROLL_MAX` use the "map" mode (two copies; 0.87×).
+    Accelerators: `vmap`.
     """
-    return "vmap"
+    if (backend or jax.default_backend()) != "cpu":
+        return "vmap"
+    return "unroll" if count <= UNROLL_MAX else "map"
 
 
 def vmap_models(fn: Callable, in_axes, out_axes=0, *, stacked_weights: bool = True) -> Callable:
@@ -46,35 +53,48 @@ def map_models(fn: Callable, in_axes: Sequence[int | None], *, mode: StackMode |
     """`fn` mapped over the leading axis of the arguments whose `in_axes` entry is 0.
 
     Like `jax.vmap(fn, in_axes)` with `in_axes` a tuple of 0 / None per positional argument, with
-    outputs stacked along a new leading axis, computed as `mode` says (default `stack_mode()`):
-    ``"vmap"``, ``"map"`` (`lax.map`: one model at a time inside a loop) or ``"unroll"`` (a Python
-    loop inside the trace). `stacked_weights`: the mapped arguments hold convolution kernels (a stack
+    outputs stacked along a new leading axis, computed as `mode` says (default `stack_mode(count)`):
+    ``"vmap"``, ``"map"`` (`lax.map` over groups of `MAP_GROUP` models, each group unrolled) or
+    ``"unroll"`` (every model unrolled in the trace: fastest on CPU, one compiled copy per model). `stacked_weights`: the mapped arguments hold convolution kernels (a stack
     of models), so under ``"vmap"`` the convolutions are planned for batched kernels; False for a
     sweep over data or defense settings with shared weights, which `vmap` folds into the batch.
     """
-    mode = mode or stack_mode()
-    if mode not in STACK_MODES:
+    if mode is not None and mode not in STACK_MODES:
         raise ValueError(f"expected mode in {STACK_MODES}, got {mode!r}")
     in_axes = tuple(in_axes)
     if any(axis not in (0, None) for axis in in_axes):
         raise ValueError(f"expected in_axes entries 0 or None, got {in_axes}")
-
-    if mode == "vmap":
-        return vmap_models(fn, in_axes, stacked_weights=stacked_weights)
+    vmapped = vmap_models(fn, in_axes, stacked_weights=stacked_weights)
 
     def call(*args):
         if len(args) != len(in_axes):
             raise ValueError(f"expected {len(in_axes)} arguments (one per in_axes entry), got {len(args)}")
         mapped = tuple(a for a, axis in zip(args, in_axes) if axis == 0)
+        count = jax.tree.leaves(mapped)[0].shape[0]
+        chosen = mode or stack_mode(count)
+        if chosen == "vmap":
+            return vmapped(*args)
 
         def one(slices):
             it = iter(slices)
             return fn(*(next(it) if axis == 0 else a for a, axis in zip(args, in_axes)))
 
-        if mode == "map":
-            return jax.lax.map(one, mapped)
-        count = jax.tree.leaves(mapped)[0].shape[0]
-        outs = [one(jax.tree.map(lambda a: a[i], mapped)) for i in range(count)]
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+        def unrolled(slices):
+            count = jax.tree.leaves(slices)[0].shape[0]
+            outs = [one(jax.tree.map(lambda a: a[i], slices)) for i in range(count)]
+            return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+        if chosen == "unroll":
+            return unrolled(mapped)
+        # lax.map over groups of MAP_GROUP models, each group unrolled: XLA-CPU runs the models of a
+        # group concurrently (one per core), and compiles MAP_GROUP copies, not one per model.
+        group = min(MAP_GROUP, count)
+        full = count // group * group
+        head = jax.tree.map(lambda a: a[:full].reshape(full // group, group, *a.shape[1:]), mapped)
+        out = jax.tree.map(lambda a: a.reshape(full, *a.shape[2:]), jax.lax.map(unrolled, head))
+        if full == count:
+            return out
+        tail = unrolled(jax.tree.map(lambda a: a[full:], mapped))
+        return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail)
 
     return call

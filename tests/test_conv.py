@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mijax import conv, stacks
+from mijax import conv
 
 PLANS = [conv.ConvPlan(*forms) for forms in itertools.product(conv.FORMS, repeat=3)]
 UNIFORM_PLANS = [None] + [conv.ConvPlan(form, form, form) for form in conv.FORMS]  # None: the rules
@@ -110,21 +110,3 @@ def test_bad_shapes_name_the_arguments():
         conv.conv2d(jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 3, 2)))
     with pytest.raises(ValueError, match="kernel"):
         conv.conv2d(jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4)))
-
-
-def test_stack_modes_give_the_same_numbers():
-    x = jax.random.normal(jax.random.key(0), (3, 8, 8, 4))
-    kernels = 0.2 * jax.random.normal(jax.random.key(1), (5, 3, 3, 4, 6))
-    scales = jnp.arange(5.0)
-
-    def loss_and_grad(kernel, x, scale):
-        return jax.value_and_grad(lambda k: scale * jnp.sum(jnp.tanh(conv.conv2d(x, k, padding=1))))(kernel)
-
-    outs = [jax.jit(stacks.map_models(loss_and_grad, (0, None, 0), mode=mode))(kernels, x, scales)
-            for mode in stacks.STACK_MODES]
-    for out in outs[1:]:
-        for a, b in zip(out, outs[0]):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    assert outs[0][1].shape == kernels.shape
-    with pytest.raises(ValueError, match="mode"):
-        stacks.map_models(loss_and_grad, (0, None, 0), mode="pmap")
