@@ -1,7 +1,7 @@
 """Benchmark: training He et al.'s ReLU22 inverse network, mijax vs the same model and loop in PyTorch (CPU).
 
     python benchmarks/inverse_network.py [--images 2048] [--epochs 1] [--variants col2im,subpixel_matmul,...]
-                                         [--torch-python PATH] [--threads N]
+                                         [--torch-python PATH] [--threads N] [--breakdown]
 
 Model and loop: the authors' CIFAR10CNNDecoderReLU22 (ConvT(128→64, k3, s2, p1, op1) → ReLU →
 ConvT(64→3, k3, p1)) on CIFAR10CNN relu22 features of real CIFAR-10 training images, batch 32,
@@ -32,7 +32,9 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from mijax import data
 from mijax.attacks import InverseNetworkConfig, train_inverse_network
@@ -78,6 +80,58 @@ def _batch_order(key, num, config):
     return np.stack(rows)
 
 
+def breakdown(z, images, steps: int = 16) -> None:
+    """Milliseconds per step, inside a `lax.scan`, of each transposed convolution's forward pass +
+    both gradients at batch 32 (col2im), against the whole training step (loss and AMSGrad included)."""
+    from mijax.models.decoders import conv_transpose
+    from mijax.optim import torch_amsgrad
+    from mijax.train import scan_steps
+
+    def per_step(fn, *args):
+        run = jax.jit(lambda c, *rest: jax.lax.scan(lambda c, _: (fn(c, *rest), None), c, None, length=steps)[0])
+        jax.block_until_ready(run(*args))
+        start = time.perf_counter()
+        jax.block_until_ready(run(*args))
+        return 1e3 * (time.perf_counter() - start) / steps
+
+    key = jax.random.key(0)
+    layers = {"deconv11 128->64 k3 s2 (16x16 -> 32x32)":
+              ((32, 16, 16, 128), (3, 3, 128, 64), dict(stride=2, padding=1, output_padding=1)),
+              "deconv21 64->3 k3 s1 (32x32)": ((32, 32, 32, 64), (3, 3, 64, 3), dict(padding=1))}
+    total = 0.0
+    for name, (x_shape, k_shape, kw) in layers.items():
+        x, w = jax.random.normal(key, x_shape), 0.05 * jax.random.normal(key, k_shape)
+        grads = jax.grad(lambda x, w: jnp.sum(conv_transpose(x, w, method="col2im", **kw) ** 2), (0, 1))
+
+        def step(w, x):
+            gx, gw = grads(x, w)
+            return w - 1e-6 * gw - 1e-9 * jnp.mean(gx)
+        ms = per_step(step, w, x)
+        total += ms
+        print(f"  {name:40s}: {ms:6.2f} ms  (forward + both gradients)")
+    decoder = he2019_decoder("relu22", "cifar10")
+    config = InverseNetworkConfig(normalization=cifar10cnn().normalization)
+    optimizer = torch_amsgrad(config.learning_rate, eps=config.eps)
+    variables = decoder.init(key)
+    target = jnp.asarray(images[:32])
+
+    def train_step(state, z, key):
+        params, opt_state = state
+        loss = lambda p: jnp.mean((decoder.apply({**variables, "params": p}, z)[0] - target) ** 2)
+        updates, opt_state = optimizer.update(jax.grad(loss)(params), opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), {}
+    run = scan_steps(train_step)
+    state = (variables["params"], optimizer.init(variables["params"]))
+    data_z, rows = (jnp.asarray(z[:32]),), np.tile(np.arange(32), (steps, 1))
+    jax.block_until_ready(run(state, data_z, rows, key, np.int32(0), ()))
+    state = (variables["params"], optimizer.init(variables["params"]))
+    start = time.perf_counter()
+    jax.block_until_ready(run(state, data_z, rows, key, np.int32(0), ()))
+    step_ms = 1e3 * (time.perf_counter() - start) / steps
+    print(f"  whole training step (scanned)           : {step_ms:6.2f} ms; the two layers {total:.2f} ms, "
+          f"the rest (bias, ReLU, loss, AMSGrad, batch gather) {step_ms - total:.2f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2048)
@@ -88,6 +142,7 @@ def main() -> None:
     parser.add_argument("--torch-python",
                         default=os.environ.get("MIJAX_TORCH_PYTHON", "/work/torchvenv/bin/python"))
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--breakdown", action="store_true", help="time each layer inside a scan")
     args = parser.parse_args()
 
     images = data.load("cifar10", f"train[:{args.images}]", data_dir=args.data_dir).images
@@ -98,6 +153,8 @@ def main() -> None:
     order = _batch_order(key, len(images), config)
     print(f"backend {jax.default_backend()}, {len(images)} images, batch 32, {len(order)} steps, "
           f"{args.threads} threads")
+    if args.breakdown:
+        breakdown(z, images)
 
     results, trained_col2im = {}, None
     for name in args.variants.split(","):

@@ -4,12 +4,12 @@ Command: `mijax run cem --preset smoke|paper|faces|tiny [--workdir DIR] [--set k
 Spec: `../shared/methods/cem.md`.
 
 1. Trains vgg11_bn_sgm (cut 4: z ∈ (0,1)^{8×8×8} at 32 px) with Gaussian feature noise σ and the CEM
-   term λ·L_CEM for every (σ, λ) of the grid, **all configurations as one vmapped program**
+   term λ·L_CEM for every (σ, λ) of the grid, **all configurations as one program** (`mijax.stacks`)
    (`mijax.train.fit(..., sweep=True)` over stacked defense states: σ and λ are traced). The mixture
    is refitted after every epoch from the clean eval-mode features; the log-det monitor
    (Σπ·(1/D)·log det(Σ + σ²I), averaged over classes) is logged every `monitor_every` epochs.
 2. Accuracy on the test set with test-time noise.
-3. Attacks on every configuration, vmapped over the stacked encoders: the noise-aware decoder attack
+3. Attacks on every configuration, one program over the stacked encoders: the noise-aware decoder attack
    (res_normN_AE) in both auxiliary-data settings (training-time: train → test; inference-time:
    test[:90%] → test[90%:]), then the WGAN-GP fine-tuning of the inference-time decoder on the
    training images (the reference's choice), scored on the inference-time targets.
@@ -243,7 +243,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
                 batch_size=config.batch_size, key=train_key, defense=defense, defense_state=states,
                 sweep=True, augment=_augment if config.augment else None, workdir=workdir / "train",
                 callback=callback, progress=progress,
-                description=f"train {len(configs)} configurations (vmapped over σ×λ)")
+                description=f"train {len(configs)} configurations (one program over σ×λ)")
     timings["train"] = time.perf_counter() - t
     accuracy = evaluate(model, state.variables, test.images, test.labels, defense=defense,
                         defense_state=state.defense_state, key=eval_key, sweep=True)

@@ -1,11 +1,11 @@
 """The main job: privacy–utility trade-off of Gaussian feature noise on the embedded digits data.
 
-Command: `mijax demo` (or `mijax run demo`), no download. Expected: under 3 minutes on 2 CPU cores.
+Command: `mijax demo` (or `mijax run demo`), no download. Expected: about 45 s on 2 CPU cores.
 
 Trains the split digits CNN (`mijax.models.digits_cnn`, edge = conv → ReLU → pool → conv → sigmoid)
 with training-time Gaussian noise on the transmitted features, one model per σ, all σ in one
-vmapped program; then runs He et al.'s white-box rMLE attack on held-out test images against each
-model's noisy features (fresh noise, unperturbed edge) and reports test accuracy (with noise) and the
+program (`mijax.stacks`); then runs He et al.'s white-box rMLE attack on held-out test images
+against each model's noisy features (fresh noise, unperturbed edge) and reports test accuracy (with noise) and the
 attack's SSIM/PSNR/MSE per σ. The 8×8 digits are upsampled bilinearly to 32×32 so that SSIM uses its
 canonical 11×11 Gaussian window on every image.
 
@@ -81,7 +81,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     state = fit(model, train_x, train_y, optimizer=optax.adam(config.learning_rate),
                 epochs=config.epochs, batch_size=config.batch_size, key=train_key, defense=defense,
                 defense_state=noise_states, sweep=True, workdir=workdir / "train", progress=progress,
-                description=f"train {len(config.sigmas)} models (vmapped over sigma)")
+                description=f"train {len(config.sigmas)} models (one program over sigma)")
     accuracy = evaluate(model, state.variables, test_x, test_y, defense=defense,
                         defense_state=noise_states, key=eval_key, sweep=True)
 

@@ -7,6 +7,7 @@ form is chosen in one place (`stack_mode`, measured by `benchmarks/cem_grid.py -
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Literal, Sequence
 
 import jax
@@ -27,8 +28,13 @@ def stack_mode(count: int, backend: str | None = None) -> StackMode:
     concurrently, one per core, and beat 15 sequential runs of the CEM grid step (1.27×; vmap 0.77×,
     where batched kernels become batched matrix products), but compile one copy per model (96 s
     for 15 VGG steps), so stacks above `UNROLL_MAX` use the "map" mode (two copies; 0.87×).
-    Accelerators: `vmap`.
+    Accelerators: `vmap`. `$MIJAX_STACK_MODE` overrides the choice.
     """
+    override = os.environ.get("MIJAX_STACK_MODE")
+    if override:
+        if override not in STACK_MODES:
+            raise ValueError(f"expected $MIJAX_STACK_MODE in {STACK_MODES}, got {override!r}")
+        return override
     if (backend or jax.default_backend()) != "cpu":
         return "vmap"
     return "unroll" if count <= UNROLL_MAX else "map"

@@ -248,12 +248,20 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
             if checkpointer and (t % checkpoint_every == 0 or t == total):
                 checkpointer.save(t, state)
             bar.update(count)
-            bar.set_postfix({k: f"{float(np.mean(v[-1])):.3f}" for k, v in metrics.items()})
+            bar.set_postfix({k: _dispatch_mean(v) for k, v in metrics.items()})
     finally:
         bar.close()
         if checkpointer:
             checkpointer.close()
     return state
+
+
+def _dispatch_mean(values) -> str:
+    """A metric's mean over the steps of one dispatch; NaN entries (steps that do not compute it,
+    such as a GAN's critic-only steps) are left out."""
+    values = np.asarray(values, np.float64)
+    finite = values[np.isfinite(values)]
+    return f"{finite.mean():.3f}" if finite.size else "nan"
 
 
 def _check_same_run(workdir: pathlib.Path, state, arrays, *, batch_size: int, key: jax.Array) -> None:
