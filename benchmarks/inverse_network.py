@@ -81,8 +81,8 @@ def _batch_order(key, num, config):
 
 
 def breakdown(z, images, steps: int = 16) -> None:
-    """Milliseconds per step, inside a `lax.scan`, of each transposed convolution's forward pass +
-    both gradients at batch 32 (col2im), against the whole training step (loss and AMSGrad included)."""
+    """Milliseconds per step, inside a `lax.scan`, of each transposed convolution's forward pass and
+    the gradients training needs, at batch 32 (col2im), against the whole training step."""
     from mijax.models.decoders import conv_transpose
     from mijax.optim import torch_amsgrad
     from mijax.train import scan_steps
@@ -95,20 +95,22 @@ def breakdown(z, images, steps: int = 16) -> None:
         return 1e3 * (time.perf_counter() - start) / steps
 
     key = jax.random.key(0)
+    # (input shape, kernel shape, settings, whether training needs the input gradient)
     layers = {"deconv11 128->64 k3 s2 (16x16 -> 32x32)":
-              ((32, 16, 16, 128), (3, 3, 128, 64), dict(stride=2, padding=1, output_padding=1)),
-              "deconv21 64->3 k3 s1 (32x32)": ((32, 32, 32, 64), (3, 3, 64, 3), dict(padding=1))}
+              ((32, 16, 16, 128), (3, 3, 128, 64), dict(stride=2, padding=1, output_padding=1), False),
+              "deconv21 64->3 k3 s1 (32x32)": ((32, 32, 32, 64), (3, 3, 64, 3), dict(padding=1), True)}
     total = 0.0
-    for name, (x_shape, k_shape, kw) in layers.items():
+    for name, (x_shape, k_shape, kw, input_grad) in layers.items():
         x, w = jax.random.normal(key, x_shape), 0.05 * jax.random.normal(key, k_shape)
-        grads = jax.grad(lambda x, w: jnp.sum(conv_transpose(x, w, method="col2im", **kw) ** 2), (0, 1))
+        loss = lambda x, w, kw=kw: jnp.sum(conv_transpose(x, w, method="col2im", **kw) ** 2)
+        grads = jax.grad(loss, (0, 1) if input_grad else (1,))
 
-        def step(w, x):
-            gx, gw = grads(x, w)
-            return w - 1e-6 * gw - 1e-9 * jnp.mean(gx)
+        def step(w, x, grads=grads):
+            g = grads(x, w)
+            return w - 1e-6 * g[-1] - (1e-9 * jnp.mean(g[0]) if len(g) == 2 else 0.0)
         ms = per_step(step, w, x)
         total += ms
-        print(f"  {name:40s}: {ms:6.2f} ms  (forward + both gradients)")
+        print(f"  {name:40s}: {ms:6.2f} ms  (forward + {'both gradients' if input_grad else 'weight gradient'})")
     decoder = he2019_decoder("relu22", "cifar10")
     config = InverseNetworkConfig(normalization=cifar10cnn().normalization)
     optimizer = torch_amsgrad(config.learning_rate, eps=config.eps)
@@ -121,10 +123,12 @@ def breakdown(z, images, steps: int = 16) -> None:
         updates, opt_state = optimizer.update(jax.grad(loss)(params), opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), {}
     run = scan_steps(train_step)
-    state = (variables["params"], optimizer.init(variables["params"]))
+    def fresh():  # the program donates its state: new buffers for every call
+        return jax.tree.map(lambda a: jnp.array(a, copy=True),
+                            (variables["params"], optimizer.init(variables["params"])))
     data_z, rows = (jnp.asarray(z[:32]),), np.tile(np.arange(32), (steps, 1))
-    jax.block_until_ready(run(state, data_z, rows, key, np.int32(0), ()))
-    state = (variables["params"], optimizer.init(variables["params"]))
+    jax.block_until_ready(run(fresh(), data_z, rows, key, np.int32(0), ()))
+    state = fresh()
     start = time.perf_counter()
     jax.block_until_ready(run(state, data_z, rows, key, np.int32(0), ()))
     step_ms = 1e3 * (time.perf_counter() - start) / steps

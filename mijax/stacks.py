@@ -18,16 +18,16 @@ from mijax import conv
 StackMode = Literal["vmap", "map", "unroll"]
 STACK_MODES: tuple[str, ...] = ("vmap", "map", "unroll")
 MAP_GROUP = 2  # models per iteration of the "map" mode (the cores of the machine it was measured on)
-UNROLL_MAX = 5  # the largest stack `stack_mode` unrolls on CPU (compile time grows with the count)
 
 
 def stack_mode(count: int, backend: str | None = None) -> StackMode:
     """The measured-fastest way to run a stack of `count` models on `backend` (default: JAX's).
 
-    XLA-CPU (2 cores; `benchmarks/cem_grid.py`, `benchmarks/rmle.py`): unrolled models run
-    concurrently, one per core, and beat 15 sequential runs of the CEM grid step (1.27×; vmap 0.77×,
-    where batched kernels become batched matrix products), but compile one copy per model (96 s
-    for 15 VGG steps), so stacks above `UNROLL_MAX` use the "map" mode (two copies; 0.87×).
+    XLA-CPU (2 cores; `benchmarks/cem_grid.py`, `benchmarks/rmle.py`, `mijax demo`): independent
+    models in one program run concurrently, one per core, so "map" (`lax.map` over unrolled pairs:
+    two compiled copies) is the default: CEM grid 0.87× of 15 sequential steps (vmap 0.68×), `mijax
+    demo` 30 s (vmap 35 s, unroll 34 s). Unrolling all 15 grid models is faster still (1.27×) but
+    compiles one copy per model (96 s), so it is an override (`mode="unroll"`) for long runs.
     Accelerators: `vmap`. `$MIJAX_STACK_MODE` overrides the choice.
     """
     override = os.environ.get("MIJAX_STACK_MODE")
@@ -35,9 +35,8 @@ def stack_mode(count: int, backend: str | None = None) -> StackMode:
         if override not in STACK_MODES:
             raise ValueError(f"expected $MIJAX_STACK_MODE in {STACK_MODES}, got {override!r}")
         return override
-    if (backend or jax.default_backend()) != "cpu":
-        return "vmap"
-    return "unroll" if count <= UNROLL_MAX else "map"
+    del count  # the measured choice does not depend on it yet; stacks of one are trivially the same
+    return "vmap" if (backend or jax.default_backend()) != "cpu" else "map"
 
 
 def vmap_models(fn: Callable, in_axes, out_axes=0, *, stacked_weights: bool = True) -> Callable:

@@ -24,7 +24,11 @@ def test_stack_modes_give_the_same_numbers():
         stacks.map_models(loss_and_grad, (0, None, 0), mode="pmap")
 
 
-def test_stack_mode_rules():
-    assert stacks.stack_mode(5, backend="cpu") == "unroll"  # concurrent on 2 cores, 5 compiled copies
-    assert stacks.stack_mode(15, backend="cpu") == "map"  # groups of MAP_GROUP: 2 compiled copies
+def test_stack_mode_rules(monkeypatch):
+    assert stacks.stack_mode(15, backend="cpu") == "map"  # pairs run concurrently, 2 compiled copies
     assert stacks.stack_mode(15, backend="gpu") == "vmap"
+    monkeypatch.setenv("MIJAX_STACK_MODE", "unroll")
+    assert stacks.stack_mode(15, backend="cpu") == "unroll"
+    monkeypatch.setenv("MIJAX_STACK_MODE", "pmap")
+    with pytest.raises(ValueError, match="MIJAX_STACK_MODE"):
+        stacks.stack_mode(15)

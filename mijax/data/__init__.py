@@ -9,6 +9,8 @@ See `mijax.data.loading` for the splits and the papers' attacker-data convention
 `mijax.data.builders` for where the official files come from.
 """
 
+import importlib
+
 from mijax.data.loading import Dataset, batches, eval_subset_one_per_class, load
 from mijax.data.transforms import (
     CIFAR10,
@@ -25,7 +27,7 @@ from mijax.data.transforms import (
 
 def __getattr__(name):  # tensorflow-datasets is imported on first use, not by `import mijax`
     if name in ("BUILDERS", "get_builder", "builders"):
-        from mijax.data import builders
+        builders = importlib.import_module("mijax.data.builders")
         return builders if name == "builders" else getattr(builders, name)
     raise AttributeError(f"module 'mijax.data' has no attribute {name!r}")
 

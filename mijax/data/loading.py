@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -91,8 +92,7 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
             prepared cache is corrupted (the message names the folder to delete).
         FileNotFoundError: an official file is neither in `data_dir` nor downloadable.
     """
-    from mijax.data import builders  # tensorflow-datasets, on first use
-
+    builders = importlib.import_module("mijax.data.builders")  # tensorflow-datasets, on first use
     builder = builders.get_builder(name, manual_root=data_dir)
     _check_split(split, name, builder.SPLITS)
     builder.download_and_prepare()
