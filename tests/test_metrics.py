@@ -357,7 +357,7 @@ def test_bad_settings():
         metrics.psnr(_X, _X, min_mse=0.0)
     with pytest.raises(ValueError, match=r"batch_size to be an int >= 1, got 0"):
         metrics.batch_psnr(_X, _X, batch_size=0)
-    with pytest.raises(ValueError, match=r"at least one image"):
+    with pytest.raises(ValueError, match=r"at least one example in x"):
         metrics.batch_psnr(_X[:0], _X[:0])
 
 

@@ -108,7 +108,8 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
             records = _read_records(source, list(range(start, min(n, start + _READ_CHUNK))))
             images[start:start + len(records)] = np.stack([r["image"] for r in records])
             labels[start:start + len(records)] = [r["label"] for r in records]
-    except RuntimeError as e:  # ArrayRecord's error for a truncated or corrupted record file
+    except (RuntimeError, ValueError, TypeError) as e:  # a truncated or corrupted record file: ArrayRecord
+        # raises, or returns empty records that tfds then fails to decode
         raise ValueError(f"the prepared {name!r} data in {builder.data_dir} cannot be read ({e}); delete "
                          "that folder and load again to prepare it anew") from e
     pixels = np.divide(images, np.float32(255), dtype=np.float32)  # one pass, no float64 copy
