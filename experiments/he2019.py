@@ -1,7 +1,7 @@
 """He, Zhang & Lee (ACSAC 2019; IEEE IoT-J 2020): attacks on MNIST LeNet and CIFAR10CNN, and defenses.
 
 Command: `mijax run he2019 --preset smoke|paper|tiny` (reads MNIST/CIFAR-10 from `$MIJAX_DATA_DIR`).
-Cost: `smoke` under 10 minutes on 2 CPU cores (reduced data, epochs and iterations, stated in the
+Cost: `smoke` about 5 minutes on 2 CPU cores (reduced data, epochs and iterations, stated in the
 config); `paper` uses the papers' budgets (50 training epochs, 5000 rMLE iterations, 50 decoder
 epochs) and is meant for a GPU/TPU; `tiny` is the CI check that every part runs.
 
