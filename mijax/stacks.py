@@ -60,8 +60,8 @@ def map_models(fn: Callable, in_axes: Sequence[int | None], *, mode: StackMode |
     Like `jax.vmap(fn, in_axes)` with `in_axes` a tuple of 0 / None per positional argument, with
     outputs stacked along a new leading axis, computed as `mode` says (default `stack_mode(count)`):
     ``"vmap"``, ``"map"`` (`lax.map` over groups of `MAP_GROUP` models, each group unrolled) or
-    ``"unroll"`` (every model unrolled in the trace: fastest on CPU, one compiled copy per model). `stacked_weights`: the mapped arguments hold convolution kernels (a stack
-    of models), so under ``"vmap"`` the convolutions are planned for batched kernels; False for a
+    ``"unroll"`` (every model unrolled in the trace: fastest on CPU, one compiled copy per model).
+    `stacked_weights`: the mapped arguments hold convolution kernels (a stack of models), so under ``"vmap"`` the convolutions are planned for batched kernels; False for a
     sweep over data or defense settings with shared weights, which `vmap` folds into the batch.
     """
     if mode is not None and mode not in STACK_MODES:

@@ -6,50 +6,23 @@ import pytest
 
 from mijax import defenses
 
-KEY = jax.random.key(0)
-Z = jax.random.uniform(jax.random.key(1), (64, 8, 8, 4))
-
-
-def _apply(defense, z=Z, key=KEY, state=None):
-    return defense.feature_transform(defense.init() if state is None else state, z, key, train=False)
+from tests.defenses.helpers import KEY, Z, apply_features
 
 
 def test_gaussian_noise_statistics():
-    noise = np.asarray(_apply(defenses.gaussian_noise(sigma=0.3)) - Z)
+    noise = np.asarray(apply_features(defenses.gaussian_noise(sigma=0.3)) - Z)
     assert abs(noise.mean()) < 0.01 and abs(noise.std() - 0.3) < 0.01
-    np.testing.assert_array_equal(_apply(defenses.gaussian_noise(sigma=0.0)), Z)
+    np.testing.assert_array_equal(apply_features(defenses.gaussian_noise(sigma=0.0)), Z)
 
 
 def test_laplace_noise_statistics():
-    noise = np.asarray(_apply(defenses.laplace_noise(scale=0.5)) - Z)
+    noise = np.asarray(apply_features(defenses.laplace_noise(scale=0.5)) - Z)
     assert abs(np.median(noise)) < 0.02 and abs(np.mean(np.abs(noise)) - 0.5) < 0.02  # E|ε| = b
 
 
 def test_input_noise_changes_images_not_features():
     defense = defenses.gaussian_noise(sigma=0.1, on="input")
     assert defense.feature_transform is None and defense.input_transform is not None
-
-
-def test_dropout_without_and_with_rescale():
-    dropped = np.asarray(_apply(defenses.dropout(rate=0.25)))
-    kept = dropped != 0
-    assert abs(kept.mean() - 0.75) < 0.02
-    np.testing.assert_array_equal(dropped[kept], np.asarray(Z)[kept])  # He et al.: no rescaling
-    rescaled = np.asarray(_apply(defenses.dropout(rate=0.25, rescale=True)))
-    np.testing.assert_allclose(rescaled[kept], np.asarray(Z)[kept] / 0.75, rtol=1e-6)
-
-
-def test_topk_matches_numpy():
-    z = np.asarray(jax.random.normal(jax.random.key(3), (4, 3, 3, 2)))
-    out = np.asarray(_apply(defenses.topk(prune_ratio=0.5), z=z))
-    flat, ref = z.reshape(4, -1), z.reshape(4, -1).copy()
-    for i in range(4):
-        ref[i, np.argsort(np.abs(flat[i]))[:9]] = 0
-    np.testing.assert_array_equal(out.reshape(4, -1), ref)
-    batch = np.asarray(_apply(defenses.topk(prune_ratio=0.25, reference_compatible=True), z=z)).ravel()
-    expected = z.ravel().copy()
-    expected[np.argsort(z.ravel())[:18]] = 0  # smallest signed values over the whole batch
-    np.testing.assert_array_equal(batch, expected)
 
 
 @pytest.mark.parametrize("make,arg,bad", [
