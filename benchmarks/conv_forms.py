@@ -12,13 +12,11 @@ body (8 iterations, per iteration), where training steps and attack iterations r
 from __future__ import annotations
 
 import argparse
-import time
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mijax import conv
+from xla_cpu_findings import ms  # the median-of-runs timer (this folder is on sys.path)
 
 # (name, batch, height, width, in, out, kernel, stride, padding)
 HE = [
@@ -44,16 +42,6 @@ VGG = [
     ("resnet20 down B128", 128, 32, 32, 16, 32, 3, 2, 1),
     ("critic 5x5/2 B64", 64, 32, 32, 3, 64, 5, 2, 2),
 ]
-
-
-def _time(fn, *args, reps):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def _passes(stride, padding, form, shape):
@@ -102,7 +90,7 @@ def main():
                         continue
                     fn = jax.jit(wrap(_passes(stride, padding, form, kernel.shape)[pass_name]))
                     per = 8 if context == "scan" else 1
-                    row[form] = _time(fn, x, kernel, dy, reps=args.reps) / per
+                    row[form] = ms(fn, x, kernel, dy, runs=args.reps, per=per)
                 best = min(row, key=row.get)
                 cells = "  ".join(f"{f} {t:8.2f}{'*' if f == best else ' '}" for f, t in row.items())
                 print(f"  {context:4s} {pass_name:11s} {cells}")

@@ -5,6 +5,7 @@ was expected and what came. Values traced inside `jit`/`vmap`/`grad` cannot be i
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -44,13 +45,20 @@ def class_labels(name: str, labels, num_classes: int) -> None:
         raise ValueError(f"expected {name} in [0, {num_classes}), got values in [{array.min()}, {array.max()}]")
 
 
-def positive(name: str, value, *, allow_zero: bool = False) -> None:
-    """Raises unless the scalar `value` is > 0 (>= 0 with `allow_zero`); traced values pass."""
-    if not is_concrete(value):
-        return
-    v = float(np.asarray(value))
-    if not np.isfinite(v) or (v < 0 if allow_zero else v <= 0):
-        raise ValueError(f"expected {name} {'>=' if allow_zero else '>'} 0, got {v}")
+def check_scalar(name: str, value, *, low: float = 0.0, high: float | None = None,
+                 open_low: bool = False) -> jax.Array:
+    """`value` as a float32 array; raises unless a concrete value is a finite scalar in [low, high]
+    ((low, high] with `open_low`). Traced values (inside `jit`/`vmap`) cannot be checked and pass."""
+    array = jnp.asarray(value, jnp.float32)
+    if is_concrete(array):
+        concrete = np.asarray(array)
+        if concrete.ndim != 0:
+            raise ValueError(f"expected {name} to be a scalar, got shape {concrete.shape}")
+        below = concrete <= low if open_low else concrete < low
+        if not np.isfinite(concrete) or below or (high is not None and concrete > high):
+            bounds = f"{'>' if open_low else '>='} {low}" if high is None else f"in [{low}, {high}]"
+            raise ValueError(f"expected {name} {bounds}, got {float(concrete)}")
+    return array
 
 
 def nonempty(name: str, shape) -> None:

@@ -74,10 +74,6 @@ _K2 = 0.03
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_concrete(*arrays) -> bool:
-    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
-
-
 def _as_float(a) -> jax.Array:
     a = jnp.asarray(a)
     return a.astype(jnp.promote_types(a.dtype, jnp.float32))
@@ -94,7 +90,7 @@ def _check_images(x_hat, x) -> tuple[jax.Array, jax.Array]:
             f"expected x_hat of shape {_IMAGE_SHAPE} matching x {x_shape}, got {x_hat_shape}"
         )
     checks.nonempty("x", x_shape)
-    if _is_concrete(x_hat, x):
+    if checks.is_concrete(x_hat, x):
         for name, a in (("x_hat", x_hat), ("x", x)):
             values = np.asarray(a)
             if values.size == 0:
@@ -135,7 +131,7 @@ def _check_window(shape: tuple[int, ...], window: int, compat: str) -> None:
 
 
 def _check_min_mse(min_mse) -> None:
-    if _is_concrete(min_mse) and not float(np.asarray(min_mse)) > 0:
+    if checks.is_concrete(min_mse) and not float(np.asarray(min_mse)) > 0:
         raise ValueError(f"expected min_mse > 0, got {min_mse}")
 
 
@@ -152,7 +148,7 @@ def _check_logits(logits, labels) -> tuple[jax.Array, jax.Array]:
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"expected integer labels, got dtype {labels.dtype}")
-    if _is_concrete(labels) and labels.size:
+    if checks.is_concrete(labels) and labels.size:
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= logits_shape[1]:
             raise ValueError(

@@ -68,10 +68,10 @@ class RMLEConfig:
                 raise ValueError(f"expected {name} in {valid}, got {getattr(self, name)!r}")
         if self.num_steps < 1:
             raise ValueError(f"expected num_steps >= 1, got {self.num_steps}")
-        checks.positive("learning_rate", self.learning_rate)
-        checks.positive("eps", self.eps)
-        checks.positive("tv_weight", self.tv_weight, allow_zero=True)
-        checks.positive("l2_weight", self.l2_weight, allow_zero=True)
+        checks.check_scalar("learning_rate", self.learning_rate, open_low=True)
+        checks.check_scalar("eps", self.eps, open_low=True)
+        checks.check_scalar("tv_weight", self.tv_weight)
+        checks.check_scalar("l2_weight", self.l2_weight)
 
 
 def _optimizer(config: RMLEConfig) -> optax.GradientTransformation:

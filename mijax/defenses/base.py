@@ -14,7 +14,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from mijax.checks import check_scalar  # noqa: F401 (the defenses import it from here)
 
 PyTree = Any
 
@@ -114,17 +115,3 @@ def stack(states: Sequence[PyTree]) -> PyTree:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
-def check_scalar(name: str, value, *, low: float = 0.0, high: float | None = None) -> jax.Array:
-    """`value` as a float32 array; raises `ValueError` if a concrete value lies outside [low, high].
-
-    Traced values (inside `jit`/`vmap`) cannot be checked and pass through.
-    """
-    array = jnp.asarray(value, jnp.float32)
-    if not isinstance(array, jax.core.Tracer):
-        concrete = np.asarray(array)
-        if concrete.ndim != 0:
-            raise ValueError(f"expected {name} to be a scalar, got shape {concrete.shape}")
-        if not np.isfinite(concrete) or concrete < low or (high is not None and concrete > high):
-            bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
-            raise ValueError(f"expected {name} {bounds}, got {float(concrete)}")
-    return array
