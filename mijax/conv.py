@@ -15,9 +15,9 @@ how its forward pass, input gradient and weight gradient are computed:
   product; exact FLOPs, any stride.
 
 All three compute the same function, with hand-written gradients (`jax.custom_vjp`) and never
-JAX's own convolution-transpose rules: XLA-CPU runs JAX's weight-gradient rule 50-100× slower inside
-a `lax.scan` body than in a plain jitted step (667 vs 6.6 ms at batch 16, 32×32, 64→64) and its
-input-gradient rule 2.5× slower, while the forms here cost about the same in both places (at most
+JAX's own convolution-transpose rules: XLA-CPU runs JAX's weight-gradient rule 75× slower inside a
+`lax.scan` body than in a plain jitted step (886 vs 11.8 ms at batch 16, 32×32, 64→64) and its
+input-gradient rule 20× slower (`benchmarks/xla_cpu_findings.py`), while the forms here cost about the same in both places (at most
 1.5× more inside the loop, and often less). Training steps and attack iterations run inside
 `lax.scan`, so the rules are measured there (`python benchmarks/conv_forms.py --scan`).
 
@@ -55,8 +55,9 @@ _STACKED = contextvars.ContextVar("mijax_conv_stacked", default=False)
 def stacked_kernels():
     """While tracing under this context, convolutions plan for kernels batched by `vmap`.
 
-    `vmap` over stacked models turns `lax.conv` into a grouped convolution, which XLA-CPU runs about
-    3× slower than the batched matrix products of the im2col form (`benchmarks/cem_grid.py`).
+    `vmap` over stacked models turns `lax.conv` into a grouped convolution, which XLA-CPU ran about
+    2.7× slower than the batched matrix products of the im2col form (the 11-25 `benchmarks/cem_grid.py`
+    run in git history, before it timed the stack modes).
     `mijax.stacks.map_models` enters it; nothing else needs to.
     """
     token = _STACKED.set(True)

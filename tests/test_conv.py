@@ -70,8 +70,8 @@ def _dim_labels_of_scanned_step(conv_fn, x, kernel):
 @pytest.mark.parametrize("shape", [(2, 8, 8, 4, 4), (2, 2, 2, 64, 64), (64, 32, 32, 32, 32)])
 def test_scanned_training_step_never_runs_jax_transpose_rules(shape):
     # JAX's transpose rules give kernel labels "01oi" (input gradient) and "f01b_i01o" or
-    # "01bf_o01i" (weight gradient, depending on the layout XLA picks), which XLA-CPU runs 35x and
-    # 72x slower inside a loop than in a plain step (benchmarks/xla_cpu_findings.py). The rules' plans run plain NHWC/HWIO convolutions only.
+    # "01bf_o01i" (weight gradient, depending on the layout XLA picks), which XLA-CPU runs 20x and
+    # 75x slower inside a loop than in a plain step (benchmarks/xla_cpu_findings.py). The rules' plans run plain NHWC/HWIO convolutions only.
     b, h, w, cin, cout = shape
     x, kernel = jnp.ones((b, h, w, cin)), jnp.ones((3, 3, cin, cout))
     slow = {"f01b_i01o->01bf", "b01f_01oi->b01f", "01bf_o01i->f01b"}
