@@ -49,8 +49,8 @@ import optax  # noqa: E402
 
 from mijax_experiments import common  # noqa: E402
 from mijax import data, defenses, metrics, report  # noqa: E402
-from mijax.attacks import (DecoderAttackConfig, GanConfig, cem_attack_data, decoder_attack,  # noqa: E402
-                           gan_finetune, stacked_oracle, train_decoder_attack)
+from mijax.attacks import (BlackBox, DecoderAttackConfig, GanConfig, cem_attack_data, decoder_attack,  # noqa: E402
+                           gan_finetune, train_decoder_attack)
 from mijax.data.transforms import CIFAR10, Normalization  # noqa: E402
 from mijax.defenses.conditional_entropy import log_det_monitor  # noqa: E402
 from mijax.models import dgwgan32, res_norm_decoder, vgg11_bn_sgm  # noqa: E402
@@ -180,7 +180,7 @@ def _attack_scores(x_hat, targets) -> dict[str, float]:
 
 def _noisy_oracle(model, variables, noise_state):
     """The attacker's oracle: every deployed edge of the grid with its test-time Gaussian noise."""
-    return stacked_oracle(model, variables, defense=defenses.gaussian_noise(0.0), defense_state=noise_state)
+    return BlackBox.stacked(model, variables, defense=defenses.gaussian_noise(sigma=0.0), defense_state=noise_state)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

@@ -29,7 +29,8 @@ from mijax import data, defenses, metrics, report
 from mijax.attacks import RMLEConfig, WhiteBox, rmle
 from mijax.models import digits_cnn
 from mijax.stacks import map_models
-from mijax.train import evaluate, fit, transmit
+from mijax.pipeline import transmit
+from mijax.train import evaluate, fit
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,7 +91,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
                                tv_weight=config.attack_tv_weight)
 
     def attack_one(variables, noise_state, targets, key):  # arguments, not closures: no constant folding
-        _, _, z_tilde, _ = transmit(model, defense, noise_state, variables, targets, key, train=False)
+        z_tilde = transmit(model, variables, targets, defense=defense, defense_state=noise_state, key=key).z_tilde
         return rmle(WhiteBox.from_model(model, variables), z_tilde, config=attack_config)
 
     attack = jax.jit(map_models(attack_one, (0, 0, None, None)))  # one model per σ

@@ -41,7 +41,8 @@ from mijax.models.decoders import he2019_decoder
 from mijax.optim import torch_amsgrad
 from mijax.split import SplitModel
 from mijax.stacks import map_models
-from mijax.train import evaluate, fit, transmit
+from mijax.pipeline import transmit
+from mijax.train import evaluate, fit
 
 # Published numbers (he2019.md §8): ACSAC Table 3 (PSNR, SSIM), Table 4 and Table 6 (SSIM).
 PUBLISHED_WHITEBOX = {
@@ -218,12 +219,12 @@ def _defense_curves(name, model, variables, test, targets, config, key):
     """IoT-J: inference-time noise and dropout, swept under vmap over the setting."""
     cut = next(c for c in config.defense_cuts if c in model.network.names)
     cut_model = model.with_cut(cut)
-    sweeps = [("gaussian (features)", "sigma", config.sigmas, lambda v: defenses.gaussian_noise(v)),
-              ("laplace (features)", "scale", config.laplace_scales, lambda v: defenses.laplace_noise(v)),
+    sweeps = [("gaussian (features)", "sigma", config.sigmas, lambda v: defenses.gaussian_noise(sigma=v)),
+              ("laplace (features)", "scale", config.laplace_scales, lambda v: defenses.laplace_noise(scale=v)),
               ("dropout (features)", "rate", config.dropout_rates, lambda v: defenses.dropout(v))]
     if config.input_noise:
         sweeps.append(("gaussian (input)", "sigma", config.sigmas,
-                       lambda v: defenses.gaussian_noise(v, on="input")))
+                       lambda v: defenses.gaussian_noise(sigma=v, on="input")))
     attack_config = RMLEConfig(num_steps=config.defense_steps, learning_rate=config.whitebox_learning_rate,
                                tv_weight=TARGETS[name].tv_weights.get(cut, 0.0))
     rows = []
@@ -235,7 +236,7 @@ def _defense_curves(name, model, variables, test, targets, config, key):
                             defense_state=states, key=key, sweep="defense")
 
         def attack_one(state, variables, targets, key):
-            _, _, z_tilde, _ = transmit(cut_model, defense, state, variables, targets, key, train=False)
+            z_tilde = transmit(cut_model, variables, targets, defense=defense, defense_state=state, key=key).z_tilde
             return rmle(WhiteBox.from_model(cut_model, variables), z_tilde, config=attack_config)
 
         attack = jax.jit(map_models(attack_one, (0, None, None, None), stacked_weights=False))

@@ -144,6 +144,24 @@ class BatchNorm(nnx.Module):
         return self.bn(x, use_running_average=not train)
 
 
+class MemberSelector(nnx.Module):
+    """Combines the outputs `[members, batch, ...]` of a stacked cloud into `[batch, ...]` as a weighted
+    sum with learned weights (initially the mean): the client's secret selector (`SplitModel.members`)."""
+
+    def __init__(self, members: int, *, rngs: nnx.Rngs):
+        self.weights = nnx.Param(jnp.full((members,), 1.0 / members))
+
+    def __call__(self, x, *, train=False, key=None):
+        if x.shape[0] != self.weights.shape[0]:
+            raise ValueError(f"expected [{self.weights.shape[0]}, batch, ...] member outputs, got {x.shape}")
+        return jnp.tensordot(self.weights[...], x, axes=1)
+
+
+def member_selector(members: int) -> Pure:
+    """A `MemberSelector` as a `Pure` layer (the first layer of a client tail)."""
+    return pure(lambda rngs: MemberSelector(members, rngs=rngs))
+
+
 def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
     """Max pooling over `window`×`window` blocks, stride `window` (floor), of `[batch, h, w, channels]`.
 
@@ -210,9 +228,19 @@ class Sequential:
     def apply(self, variables: Variables, x: jax.Array, *, train: bool = False,
               key: jax.Array | None = None, start: str | None = None,
               stop: str | None = None) -> tuple[jax.Array, Variables]:
+        y, variables, _ = self.apply_tapped(variables, x, train=train, key=key, start=start, stop=stop)
+        return y, variables
+
+    def apply_tapped(self, variables: Variables, x: jax.Array, *, train: bool = False,
+                     key: jax.Array | None = None, start: str | None = None, stop: str | None = None,
+                     taps: tuple[str, ...] = ()) -> tuple[jax.Array, Variables, dict[str, jax.Array]]:
+        """`apply`, also returning `{name: output}` of the layers in `taps` that lie in the range."""
         first = 0 if start is None else self.index(start)
         last = len(self.layers) - 1 if stop is None else self.index(stop)
+        for name in taps:
+            self.index(name)
         new_stats = dict(variables.get("batch_stats", {}))
+        tapped = {}
         for i in range(first, last + 1):
             layer = self.layers[i]
             if isinstance(layer.fn, Pure):
@@ -223,7 +251,9 @@ class Sequential:
                 new_stats[layer.name] = sub["batch_stats"]
             else:
                 x = layer.fn(x)
-        return x, {**variables, "batch_stats": new_stats}
+            if layer.name in taps:
+                tapped[layer.name] = x
+        return x, {**variables, "batch_stats": new_stats}, tapped
 
     def subset(self, variables: Variables, names: tuple[str, ...]) -> Variables:
         """The part of `variables` that belongs to `names`."""

@@ -1,7 +1,8 @@
-"""Optimisers with the exact update rules of the authors' PyTorch code."""
+"""Optimisers with the exact update rules of the authors' PyTorch code, and `freeze` for staged training."""
 
 from __future__ import annotations
 
+import fnmatch
 from typing import NamedTuple
 
 import jax
@@ -48,3 +49,29 @@ def torch_amsgrad(learning_rate: optax.ScalarOrSchedule, *, b1: float = 0.9, b2:
         return updates, AmsgradState(count, mu, nu, nu_max)
 
     return optax.GradientTransformation(init, update)
+
+
+def freeze(optimizer: optax.GradientTransformation, *, frozen: tuple[str, ...]) -> optax.GradientTransformation:
+    """`optimizer` on every parameter except those under a key matching a pattern of `frozen`.
+
+    Staged training (Ensembler's stages, SiftFunnel's dormant stage): a parameter is frozen when any
+    key on its path (a layer name such as "conv1", or "model" / "defense", the two groups of
+    `mijax.train`'s parameter tree) matches one of the `fnmatch` patterns, e.g. `("conv*", "fc1")`.
+    Frozen parameters get zero updates and no optimiser state (`optax.multi_transform`); BatchNorm
+    statistics still follow the data in train mode.
+
+    Raises:
+        ValueError: if `frozen` is empty.
+    """
+    if not frozen:
+        raise ValueError("expected at least one pattern in frozen")
+
+    def is_frozen(path) -> bool:
+        keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+        return any(isinstance(k, str) and fnmatch.fnmatchcase(k, p) for k in keys for p in frozen)
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: "frozen" if is_frozen(path) else "trained",
+                                                params)
+
+    return optax.multi_transform({"trained": optimizer, "frozen": optax.set_to_zero()}, labels)

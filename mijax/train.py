@@ -1,11 +1,14 @@
 """Training split models with defenses: a jit-compiled step, a fit loop with checkpoints, evaluation.
 
-The step minimises the task loss plus the defense's terms,
+The step minimises the task loss plus the defense's terms over one forward pass of the pipeline
+(`mijax.pipeline`: input transform, edge, feature transform, cloud, client tail),
 
-    L = mean_i CE(g(T(f(x_i))), y_i) + mean_i defense.loss(...)_i,
+    L = mean_i task(h(g(T(f(x_i)))), y_i) + mean_i defense.loss(...)_i,
 
-where T is the defense's feature transform. `fit` runs one model, or with `sweep=True` a stack of
-models that differ in their defense settings (σ, λ, ...) as one vmapped program that compiles once.
+with respect to the model's parameters and the defense's `Trainable` parameters, through one
+optimiser (`TrainState.opt_state` over `{"model": ..., "defense": ...}`). `fit` runs one model, or
+with `sweep=True` a stack of models that differ in their defense settings (σ, λ, ...) as one program
+that compiles once. Every state and batch is a pytree, so a device mesh shards them in one place.
 """
 
 from __future__ import annotations
@@ -22,16 +25,22 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from mijax import checks
+from mijax import checks, losses
 from mijax.checkpoint import Checkpointer
-from mijax.defenses.base import Defense, LossInputs, identity
+from mijax.defenses.base import Defense, LossInputs, identity, trainable_part, with_trainable
 from mijax.nn import Variables
+from mijax.pipeline import cloud_side, run, transmit
 from mijax.split import SplitModel
 from mijax.stacks import map_models
+from mijax.steps import descend
 
 
 class TrainState(NamedTuple):
-    """Everything a training run carries from step to step (a leading axis per model in sweeps)."""
+    """Everything a training run carries from step to step (a leading axis per model in sweeps).
+
+    `opt_state` is the optimiser's state over `train_params(state)`: `{"model": variables["params"],
+    "defense": the defense state's Trainable parts}`.
+    """
 
     step: jax.Array
     variables: Variables
@@ -39,37 +48,34 @@ class TrainState(NamedTuple):
     defense_state: Any
 
 
-def transmit(model: SplitModel, defense: Defense, defense_state, variables: Variables, images, key, *,
-             train: bool) -> tuple[jax.Array, jax.Array, jax.Array, Variables]:
-    """Runs the edge and the defense: returns `(images_in, z, z_tilde, new_variables)`."""
-    input_key, edge_key, feature_key = jax.random.split(key, 3)
-    if defense.input_transform is not None:
-        images = defense.input_transform(defense_state, images, input_key, train=train)
-    z, variables = model.edge_apply(variables, images, train=train, key=edge_key)
-    z_tilde = z if defense.feature_transform is None else defense.feature_transform(
-        defense_state, z, feature_key, train=train)
-    return images, z, z_tilde, variables
+def train_params(variables: Variables, defense_state: Any) -> dict:
+    """The parameter tree the optimiser updates: the model's and the defense's trainable ones."""
+    return {"model": variables["params"], "defense": trainable_part(defense_state)}
 
 
 def init_train_state(model: SplitModel, optimizer: optax.GradientTransformation, key: jax.Array,
-                     defense_state: Any = ()) -> TrainState:
-    variables = model.init(key)
-    return TrainState(jnp.zeros((), jnp.int32), variables, optimizer.init(variables["params"]),
+                     defense_state: Any = (), *, variables: Variables | None = None) -> TrainState:
+    """Step 0: `variables` (default `model.init(key)`) and the optimiser state over them."""
+    variables = model.init(key) if variables is None else variables
+    return TrainState(jnp.zeros((), jnp.int32), variables, optimizer.init(train_params(variables, defense_state)),
                       defense_state)
 
 
 def make_train_step(model: SplitModel, optimizer: optax.GradientTransformation,
                     defense: Defense | None = None, *,
-                    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None):
+                    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+                    task_loss: losses.TaskLoss = losses.cross_entropy):
     """Builds `step(state, images, labels, key) -> (state, metrics)` (pure; jit or vmap it).
 
     `key` is the step's own key (`fit_loop` folds the step number in).
 
     Args:
         model: the split model.
-        optimizer: an optax transformation over `variables["params"]`.
-        defense: its input/feature transforms and loss terms apply during training.
+        optimizer: an optax transformation over `train_params` (`mijax.optim.freeze` for stages).
+        defense: its input/feature transforms and loss terms apply during training; its `taps`
+            are recorded in the same forward pass.
         augment: `augment(key, images) -> images`, e.g. random flips and crops.
+        task_loss: per-example `task_loss(logits, labels, step)` (`mijax.losses`).
     """
     defense = defense or identity()
 
@@ -79,21 +85,21 @@ def make_train_step(model: SplitModel, optimizer: optax.GradientTransformation,
             images = augment(augment_key, images)
 
         def loss_fn(params):
-            variables = {**state.variables, "params": params}
-            x, z, z_tilde, variables = transmit(model, defense, state.defense_state, variables, images,
-                                                transmit_key, train=True)
-            logits, variables = model.cloud_apply(variables, z_tilde, train=True, key=cloud_key)
-            task = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            inputs = LossInputs(x, labels, z, z_tilde, logits)
-            extra = jnp.zeros(()) if defense.loss is None else jnp.mean(defense.loss(state.defense_state, inputs))
+            variables = {**state.variables, "params": params["model"]}
+            defense_state = with_trainable(state.defense_state, params["defense"])
+            edge = transmit(model, variables, images, defense=defense, defense_state=defense_state,
+                            key=transmit_key, train=True, taps=defense.taps)
+            out = cloud_side(model, edge, key=cloud_key, train=True, taps=defense.taps)
+            task = task_loss(out.logits, labels, state.step)
+            inputs = LossInputs(out.images, labels, out.z, out.z_tilde, out.logits, out.taps)
+            extra = jnp.zeros(()) if defense.loss is None else jnp.mean(defense.loss(defense_state, inputs))
             loss = jnp.mean(task) + extra
-            return loss, (variables, inputs, jnp.mean(task), extra)
+            return loss, (out.variables, inputs, jnp.mean(task), extra)
 
-        (loss, (variables, inputs, task, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.variables["params"])
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.variables["params"])
-        variables = {**variables, "params": optax.apply_updates(state.variables["params"], updates)}
-        defense_state = state.defense_state
+        params, opt_state, loss, (variables, inputs, task, extra) = descend(
+            loss_fn, optimizer, train_params(state.variables, state.defense_state), state.opt_state)
+        variables = {**variables, "params": params["model"]}
+        defense_state = with_trainable(state.defense_state, params["defense"])
         if defense.update is not None:
             defense_state = defense.update(defense_state, jax.lax.stop_gradient(inputs), update_key)
         accuracy = jnp.mean(jnp.argmax(inputs.logits, -1) == labels)
@@ -106,12 +112,13 @@ def make_train_step(model: SplitModel, optimizer: optax.GradientTransformation,
 def predict(model: SplitModel, variables: Variables, images, *, defense: Defense | None = None,
             defense_state: Any = None, key: jax.Array, batch_size: int = 256,
             sweep: bool | str = False) -> np.ndarray:
-    """Logits `g(T(f(x)))` in eval mode for all `images` ([num_models, N, classes] if `sweep`).
+    """Logits `h(g(T(f(x))))` in eval mode for all `images` ([num_models, N, classes] if `sweep`).
 
-    The defense is active as deployed: fresh noise per batch from `key`.
+    The defense is active as deployed: fresh noise per batch from `key` (`mijax.pipeline.run`).
 
     Args:
-        defense_state: the defense's state; defaults to `defense.init()` (not for sweeps).
+        defense_state: the defense's state; defaults to `defense.init(key, model.defense_spec())`
+            (not for sweeps).
         sweep: False; True (or "all") when `variables` and `defense_state` carry a leading model
             axis; "defense" when only `defense_state` does (one model, many defense settings).
     """
@@ -119,7 +126,7 @@ def predict(model: SplitModel, variables: Variables, images, *, defense: Defense
     if defense_state is None:
         if sweep:
             raise ValueError("expected a stacked defense_state with sweep (see mijax.defenses.stack), got None")
-        defense_state = defense.init()
+        defense_state = defense.init(key, model.defense_spec())
     images = np.asarray(images)
     model.check_images(images)
     checks.nonempty("images", images.shape)
@@ -128,8 +135,7 @@ def predict(model: SplitModel, variables: Variables, images, *, defense: Defense
         raise ValueError(f"expected batch_size >= 1, got {batch_size}")
 
     def logits_fn(variables, defense_state, x, key):
-        _, _, z_tilde, _ = transmit(model, defense, defense_state, variables, x, key, train=False)
-        return model.cloud_apply(variables, z_tilde)[0]
+        return run(model, variables, x, defense=defense, defense_state=defense_state, key=key).logits
 
     if sweep not in (False, True, "all", "defense"):
         raise ValueError(f"expected sweep in (False, True, 'all', 'defense'), got {sweep!r}")
@@ -303,7 +309,8 @@ def scan_steps(step: Callable) -> Callable:
 
 def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransformation, epochs: int,
         batch_size: int, key: jax.Array, defense: Defense | None = None, defense_state: Any = None,
-        sweep: bool = False, augment: Callable | None = None, workdir: str | pathlib.Path | None = None,
+        sweep: bool = False, augment: Callable | None = None, task_loss: losses.TaskLoss = losses.cross_entropy,
+        variables: Variables | None = None, workdir: str | pathlib.Path | None = None,
         checkpoint_every: int | None = None, callback: Callable[[int, TrainState], None] | None = None,
         steps_per_dispatch: int = 16, progress: bool = True, description: str = "train") -> TrainState:
     """Trains a split model with a defense; checkpoints to `workdir` and resumes from it on rerun.
@@ -318,10 +325,15 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
         key: root PRNG key (initialisation, order, augmentation, defense noise).
         defense: the training-time defense (default none).
         defense_state: its state; with `sweep=True` a stacked state with a leading model axis
-            (see `mijax.defenses.stack`). Defaults to `defense.init()`.
-        sweep: train one model per entry of the stacked `defense_state`, vmapped, all from the same
-            initialisation and data order.
+            (see `mijax.defenses.stack`). Defaults to `defense.init(k, spec)` with a key derived
+            from `key` and `model.defense_spec(examples_per_epoch=...)`.
+        sweep: train one model per entry of the stacked `defense_state`, as one program, all from
+            the same initialisation and data order.
         augment: `augment(key, images) -> images` applied inside the step.
+        task_loss: the per-example task loss (`mijax.losses`; cross-entropy by default).
+        variables: start from these (a previous stage's, with a leading model axis for a sweep)
+            instead of `model.init`; with `mijax.optim.freeze` this is staged training, one
+            `workdir` per stage.
         workdir, checkpoint_every, callback, steps_per_dispatch, progress, description: see
             `fit_loop`.
 
@@ -339,23 +351,28 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
     checks.class_labels("labels", labels, model.num_classes)
     if epochs < 1:
         raise ValueError(f"expected epochs >= 1, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"expected batch_size >= 1, got {batch_size}")
     defense = defense or identity()
-    if defense_state is None:
-        defense_state = defense.init()
     init_key, loop_key, epoch_key = jax.random.split(key, 3)
+    if defense_state is None:
+        if sweep:
+            raise ValueError("expected a stacked defense_state with sweep (see mijax.defenses.stack), got None")
+        spec = model.defense_spec(examples_per_epoch=len(images) // batch_size * batch_size)
+        defense_state = defense.init(jax.random.fold_in(init_key, 1), spec)
 
-    def init(defense_state):
-        return init_train_state(model, optimizer, init_key, defense_state)
+    def init(defense_state, variables):
+        return init_train_state(model, optimizer, init_key, defense_state, variables=variables)
 
-    step = make_train_step(model, optimizer, defense, augment=augment)
+    step = make_train_step(model, optimizer, defense, augment=augment, task_loss=task_loss)
     if sweep:
-        init, step = jax.vmap(init), map_models(step, (0, None, None, None))
+        init, step = jax.vmap(init, (0, None if variables is None else 0)), map_models(step, (0, None, None, None))
     epoch_end = None
     if defense.epoch_update is not None:
         def epoch_end(state, epoch):
             return _epoch_update(model, defense, state, images, labels,
                                  jax.random.fold_in(epoch_key, epoch), sweep)
-    return fit_loop(step, jax.jit(init)(defense_state), (images, labels),
+    return fit_loop(step, jax.jit(init)(defense_state, variables), (images, labels),
                     epochs=epochs, batch_size=batch_size, key=loop_key, workdir=workdir,
                     checkpoint_every=checkpoint_every, epoch_end=epoch_end, callback=callback,
                     steps_per_dispatch=steps_per_dispatch, progress=progress, description=description)

@@ -25,10 +25,9 @@ from mijax.attacks.noise_aware_decoder import (  # noqa: E402
     DecoderAttackConfig,
     cem_attack_data,
     decoder_attack,
-    stacked_oracle,
     train_decoder_attack,
 )
 from mijax.attacks.gan import GanConfig, gan_finetune, gradient_penalty  # noqa: E402
 
-__all__ += ["DecoderAttackConfig", "cem_attack_data", "decoder_attack", "stacked_oracle", "train_decoder_attack",
+__all__ += ["DecoderAttackConfig", "cem_attack_data", "decoder_attack", "train_decoder_attack",
             "GanConfig", "gan_finetune", "gradient_penalty"]

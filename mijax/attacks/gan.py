@@ -34,10 +34,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mijax.attacks.noise_aware_decoder import _stack, cosine_per_epoch, lift_constants, prepare_queries
+from mijax.attacks.noise_aware_decoder import _stack, cosine_per_epoch, prepare_queries
 from mijax.attacks.knowledge import BlackBox
 from mijax.nn import Pure, Variables
 from mijax.stacks import vmap_models
+from mijax.steps import descend
 from mijax.train import fit_loop
 
 
@@ -154,9 +155,11 @@ def make_gan_step(generator: Pure, critic: Pure, config: GanConfig, steps_per_ep
     generator_lr = cosine_per_epoch(config.generator_learning_rate, t_max=config.t_max,
                                     min_learning_rate=config.min_learning_rate, steps_per_epoch=steps_per_epoch)
 
-    def apply_adam(params, grads, opt_state, lr):
-        direction, opt_state = adam.update(grads, opt_state, params)
-        return jax.tree.map(lambda p, d: p - lr * d, params, direction), opt_state
+    def annealed_adam(lr):  # the reference's Adam step, −lr(t)·direction, as an optimiser for `descend`
+        def update(grads, opt_state, params=None):
+            direction, opt_state = adam.update(grads, opt_state, params)
+            return jax.tree.map(lambda d: -lr * d, direction), opt_state
+        return optax.GradientTransformation(adam.init, update)
 
     def update(state: GanState, images, z_critic, z_generator, key):
         gp_key, generator_key = jax.random.split(key)
@@ -168,10 +171,8 @@ def make_gan_step(generator: Pure, critic: Pure, config: GanConfig, steps_per_ep
             gp = jnp.mean(gradient_penalty(score, images, fake, gp_key))
             return -wasserstein + config.gp_weight * gp, (wasserstein, gp)
 
-        (d_loss, (wasserstein, gp)), grads = jax.value_and_grad(critic_loss, has_aux=True)(
-            state.critic["params"])
-        critic_params, critic_opt = apply_adam(state.critic["params"], grads, state.critic_opt_state,
-                                               critic_lr(state.step))
+        critic_params, critic_opt, d_loss, (wasserstein, gp) = descend(
+            critic_loss, annealed_adam(critic_lr(state.step)), state.critic["params"], state.critic_opt_state)
         critic_vars = {**state.critic, "params": critic_params}
 
         def generator_step(_):
@@ -182,10 +183,9 @@ def make_gan_step(generator: Pure, critic: Pure, config: GanConfig, steps_per_ep
                 mse = jnp.mean(jnp.square(out - images))
                 return adversarial + config.mse_weight * mse, (variables, adversarial, mse)
 
-            (g_loss, (variables, adversarial, mse)), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-                state.generator["params"])
-            params, opt_state = apply_adam(state.generator["params"], grads, state.generator_opt_state,
-                                           generator_lr(state.step))
+            params, opt_state, g_loss, (variables, adversarial, mse) = descend(
+                generator_loss, annealed_adam(generator_lr(state.step)), state.generator["params"],
+                state.generator_opt_state)
             return {**variables, "params": params}, opt_state, g_loss, mse
 
         def skip(_):
@@ -216,7 +216,7 @@ def gan_finetune(generator: Pure, generator_variables: Variables, critic: Pure, 
         generator: the decoder `Pure` (e.g. `res_norm_decoder`), outputs in [0,1].
         generator_variables: its trained variables (`train_decoder_attack`); with `sweep`, stacked.
         critic: the critic `Pure` (`mijax.models.dgwgan32`), initialised from `key`.
-        oracle: the deployed edge, `query(x, key=k) -> z̃` (with `sweep`, a `stacked_oracle`).
+        oracle: the deployed edge, `query(x, key=k) -> z̃` (with `sweep`, a `BlackBox.stacked`).
         aux_images: `[num, height, width, channels]` in [0,1], the real images.
         config: the settings.
         key: PRNG key (critic initialisation, batch order, queries, penalties).
@@ -233,7 +233,7 @@ def gan_finetune(generator: Pure, generator_variables: Variables, critic: Pure, 
         ValueError: on images of the wrong shape or range, mismatched networks, a batch larger than
             the data, or invalid settings.
     """
-    images, query, num_models = prepare_queries(generator, oracle, aux_images, config, sweep, name="generator")
+    images, num_models = prepare_queries(generator, oracle, aux_images, config, sweep, name="generator")
     if not isinstance(critic, Pure):
         raise TypeError(f"expected critic as a mijax.nn.Pure, got {type(critic).__name__}")
     try:
@@ -268,21 +268,18 @@ def gan_finetune(generator: Pure, generator_variables: Variables, critic: Pure, 
             generator_opt = adam.init(generator_variables["params"])
         return GanState(jnp.zeros((), jnp.int32), generator_variables, critic_variables, generator_opt, critic_opt)
 
-    query, consts = lift_constants(query, jax.ShapeDtypeStruct((config.batch_size, *images.shape[1:]), jnp.float32),
-                                   loop_key)
-
-    def step(state: GanState, images, key, consts):
+    def step(state: GanState, images, key, oracle):  # the oracle's weights are arguments of the program
         critic_query_key, generator_query_key, step_key = jax.random.split(key, 3)
-        z_critic = jax.lax.stop_gradient(query(consts, images, critic_query_key))
+        z_critic = oracle.query(images, critic_query_key)
         z_generator = jax.lax.cond(  # the second query only on generator steps
             (state.step + 1) % config.n_critic == 0,
-            lambda: jax.lax.stop_gradient(query(consts, images, generator_query_key)),
+            lambda: oracle.query(images, generator_query_key),
             lambda: jnp.zeros_like(z_critic))
         return update(state, images, z_critic, z_generator, step_key)
 
     # a copy: the loop donates its state, and jit would forward the caller's arrays into it
     state = jax.jit(init)(jax.tree.map(lambda a: jnp.array(a, copy=True), generator_variables))
-    state = fit_loop(step, state, (images,), step_args=(consts,), epochs=config.epochs,
+    state = fit_loop(step, state, (images,), step_args=(oracle,), epochs=config.epochs,
                      batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      progress=progress, description="gan fine-tuning")
     return state.generator

@@ -38,6 +38,7 @@ from mijax.attacks.knowledge import BlackBox
 from mijax.data.transforms import Normalization
 from mijax.nn import Pure, Variables
 from mijax.optim import torch_amsgrad
+from mijax.steps import descend
 from mijax.train import TrainState, fit_loop
 
 ATTACKER_DATA = ("train", "auxiliary", "noise")
@@ -134,9 +135,8 @@ def query_dataset(knowledge: BlackBox, images, *, batch_size: int = 256,
         knowledge: the black-box oracle.
         images: `[num, height, width, channels]` in [0,1], the attacker's query images.
         batch_size: images per query call.
-        key: when given, the oracle is called as `query(x, key=fold_in(key, i))` with a fresh key
-            per batch (a stochastic oracle such as `BlackBox.from_model(..., defense=noise)`);
-            None calls `query(x)`.
+        key: the oracle is called as `query(x, key=fold_in(key, i))`, a fresh key per batch (a
+            stochastic oracle such as `BlackBox.from_model(..., defense=noise)` needs it).
 
     Returns:
         `(features [num, ...], images [num, height, width, channels])` as NumPy arrays.
@@ -153,10 +153,7 @@ def query_dataset(knowledge: BlackBox, images, *, batch_size: int = 256,
                          f"got {images.shape}")
     if batch_size < 1:
         raise ValueError(f"expected batch_size >= 1, got {batch_size}")
-    if key is None:
-        query = jax.jit(lambda x, k: knowledge.query(x))
-    else:
-        query = jax.jit(lambda x, k: knowledge.query(x, key=k))
+    query = jax.jit(lambda oracle, x, k: oracle.query(x, k))  # the oracle's arrays as arguments
     outputs = []
     for i, start in enumerate(range(0, len(images), batch_size)):
         chunk = images[start:start + batch_size]
@@ -164,7 +161,7 @@ def query_dataset(knowledge: BlackBox, images, *, batch_size: int = 256,
         if size < batch_size and len(images) > batch_size:  # one compiled shape
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - size, 0)])
         k = None if key is None else jax.random.fold_in(key, i)
-        outputs.append(np.asarray(query(chunk, k))[:size])
+        outputs.append(np.asarray(query(knowledge, chunk, k))[:size])
     return np.concatenate(outputs), images
 
 
@@ -247,8 +244,8 @@ def train_inverse_network(decoder: Pure, features, images, *,
     Args:
         decoder: any `Pure` mapping `[batch, *feature] -> [batch, *image]` (BatchNorm allowed).
         features: the attacker's features `[num, ...]` paired with `images` (`query_dataset`), or a
-            jittable function `features(x, key) -> z̃` evaluated on each batch inside the step
-            (queries regenerated per batch, e.g. `lambda x, k: oracle.query(x, key=k)`).
+            `BlackBox` queried afresh with each batch inside the step (its arrays enter the compiled
+            step as arguments), or a jittable function `features(x, key) -> z̃`.
         images: `[num, height, width, channels]` in [0,1].
         config: training settings and target space.
         key: PRNG key (initialisation, batch order, per-step keys).
@@ -266,10 +263,13 @@ def train_inverse_network(decoder: Pure, features, images, *,
     config.validate()
     images = _check_images(images)
     num = len(images)
-    if callable(features):
-        feature_fn = features
-        feature_shape = jax.eval_shape(
-            feature_fn, jax.ShapeDtypeStruct((2, *images.shape[1:]), jnp.float32), jax.random.key(0)).shape[1:]
+    step_args = ()
+    if isinstance(features, BlackBox) or callable(features):
+        oracle = features if isinstance(features, BlackBox) else None
+        step_args = (oracle,)
+        feature_fn = (lambda oracle, x, k: oracle.query(x, k)) if oracle else (lambda _, x, k: features(x, k))
+        feature_shape = jax.eval_shape(feature_fn, oracle, jax.ShapeDtypeStruct((2, *images.shape[1:]), jnp.float32),
+                                       jax.random.key(0)).shape[1:]
         arrays = (images,)
     else:
         feature_fn = None
@@ -293,13 +293,15 @@ def train_inverse_network(decoder: Pure, features, images, *,
         return TrainState(jnp.zeros((), jnp.int32), variables, opt_state, ())
 
     def step(state: TrainState, *batch):
+        if step_args:
+            *batch, oracle = batch
         *batch, key = batch
         feature_key, transform_key, decoder_key = jax.random.split(key, 3)
         if feature_fn is None:
             z, x = batch
         else:
             (x,) = batch
-            z = jax.lax.stop_gradient(feature_fn(x, feature_key))
+            z = jax.lax.stop_gradient(feature_fn(oracle, x, feature_key))
         if transform is not None:
             z = transform(z, transform_key)
         target = x if norm is None else norm.normalize(x)
@@ -310,12 +312,10 @@ def train_inverse_network(decoder: Pure, features, images, *,
             per_example = jnp.mean((out - target).reshape(len(x), -1) ** 2, axis=-1)
             return jnp.mean(per_example), variables
 
-        (loss, variables), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables["params"])
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.variables["params"])
-        params = optax.apply_updates(state.variables["params"], updates)
+        params, opt_state, loss, variables = descend(loss_fn, optimizer, state.variables["params"], state.opt_state)
         return TrainState(state.step + 1, {**variables, "params": params}, opt_state, ()), {"mse": loss}
 
-    state = fit_loop(step, init(), arrays, epochs=config.epochs,
+    state = fit_loop(step, init(), arrays, step_args=step_args, epochs=config.epochs,
                      batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      checkpoint_every=checkpoint_every, callback=callback, progress=progress,
                      description="inverse network")
@@ -360,16 +360,14 @@ def inverse_network(knowledge: BlackBox | TrainedDecoder, z_observed, *,
         raise TypeError(f"expected a BlackBox oracle or a TrainedDecoder, got {type(knowledge).__name__}")
     if decoder is None or images is None or key is None:
         raise ValueError("the black-box attack needs decoder, images and key")
-    keyed = config.requery or query_key is not None
-    query = (lambda x, k: knowledge.query(x, key=k)) if keyed else (lambda x, k: knowledge.query(x))
-    expected = jax.eval_shape(query, jax.ShapeDtypeStruct((1, *knowledge.input_shape), jnp.float32),
+    expected = jax.eval_shape(knowledge.query, jax.ShapeDtypeStruct((1, *knowledge.input_shape), jnp.float32),
                               jax.random.key(0)).shape[1:]
     z_observed = jnp.asarray(z_observed)
     if tuple(z_observed.shape[1:]) != tuple(expected):
         raise ValueError(f"expected z_observed of shape [batch, {', '.join(map(str, expected))}] (the "
                          f"oracle's output), got {z_observed.shape}")
     if config.requery:
-        features, images = query, _check_images(images)
+        features, images = knowledge, _check_images(images)
     else:
         features, images = query_dataset(knowledge, images, key=query_key)
     trained = train_inverse_network(decoder, features, images, config=config, key=key, workdir=workdir,

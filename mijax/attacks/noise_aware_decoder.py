@@ -13,7 +13,7 @@ weight decay 1e-4: `wd·ψ` is added to the gradient before Adam), cosine anneal
 
 Everything is pure: the step (`make_decoder_attack_step`) is a function of the decoder state and the
 batch, so one program trains a decoder per model of a sweep (`train_decoder_attack(..., sweep=True)`
-with a `stacked_oracle`, or `jax.vmap` of the step yourself).
+with a `BlackBox.stacked` oracle, or `jax.vmap` of the step yourself).
 
 Example:
     >>> oracle = BlackBox.from_model(model, variables, defense=defenses.gaussian_noise(sigma=0.05))
@@ -26,13 +26,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import pathlib
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jax_core
 import numpy as np
 import optax
 
@@ -41,6 +39,7 @@ from mijax.attacks.knowledge import BlackBox
 from mijax.data.loading import Dataset
 from mijax.nn import Pure, Variables
 from mijax.stacks import map_models
+from mijax.steps import descend
 from mijax.train import TrainState, fit_loop
 
 SETTINGS = ("training-time", "inference-time")
@@ -124,61 +123,10 @@ def make_decoder_attack_step(decoder: Pure, optimizer: optax.GradientTransformat
             per_example = jnp.mean(jnp.square(out - images).reshape(len(images), -1), axis=-1)
             return jnp.mean(per_example), variables
 
-        (loss, variables), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables["params"])
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.variables["params"])
-        params = optax.apply_updates(state.variables["params"], updates)
+        params, opt_state, loss, variables = descend(loss_fn, optimizer, state.variables["params"], state.opt_state)
         return TrainState(state.step + 1, {**variables, "params": params}, opt_state, ()), {"mse": loss}
 
     return step
-
-
-def oracle_fn(oracle: BlackBox) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The oracle as `query(x, key)`: passes `key` when `oracle.query` takes one (fresh draws)."""
-    try:
-        parameters = inspect.signature(oracle.query).parameters.values()
-        keyed = any(p.name == "key" or p.kind == p.VAR_KEYWORD for p in parameters)
-    except (TypeError, ValueError):  # no signature (a builtin or C function): assume the documented form
-        keyed = True
-    if keyed:
-        return lambda x, key: oracle.query(x, key=key)
-    return lambda x, key: oracle.query(x)
-
-
-def stacked_oracle(model, variables: Variables, *, defense=None, defense_state: Any = None,
-                   variables_axis: int | None = 0, defense_axis: int | None = 0) -> BlackBox:
-    """A sweep's deployed edges as one oracle: `query(x, key)` returns `[num_models, batch, ...]`.
-
-    Model `m` is `BlackBox.from_model(model, variables[m], defense=defense,
-    defense_state=defense_state[m])`. All models draw their noise from the same `key` (common random
-    numbers: model `m` of a stacked run sees the noise a single run with that key would see).
-
-    Args:
-        model: the `SplitModel`.
-        variables: its variables with a leading model axis (`mijax.train.fit(..., sweep=True)`), or
-            shared with `variables_axis=None`.
-        defense: the deployed defense (default none).
-        defense_state: its state with a leading model axis (`mijax.defenses.stack`), or shared with
-            `defense_axis=None`; None: `defense.init()`, shared.
-        variables_axis, defense_axis: 0 for stacked, None for shared.
-
-    Returns:
-        A `BlackBox` whose `query(x, key=None)` maps `[batch, *input_shape]` to `[num_models, batch, ...]`.
-    """
-    from mijax.defenses.base import identity
-
-    defense = defense or identity()
-    if defense_state is None:
-        defense_state, defense_axis = defense.init(), None
-    if variables_axis is None and defense_axis is None:
-        raise ValueError("expected stacked variables or a stacked defense_state (an axis that is not None)")
-
-    def query(x, key=None):
-        def one(v, s):
-            return BlackBox.from_model(model, v, defense=defense, defense_state=s).query(x, key=key)
-        return map_models(one, (variables_axis, defense_axis),
-                          stacked_weights=variables_axis is not None)(variables, defense_state)
-
-    return BlackBox(query, model.input_shape)
 
 
 def _check_images(images, input_shape, name="aux_images") -> np.ndarray:
@@ -191,32 +139,15 @@ def _check_images(images, input_shape, name="aux_images") -> np.ndarray:
     return images
 
 
-def _feature_shape(query, input_shape, sweep: bool) -> tuple[tuple[int, ...], int | None]:
+def _feature_shape(oracle: BlackBox, sweep: bool) -> tuple[tuple[int, ...], int | None]:
     """The oracle's feature shape and, with `sweep`, its number of stacked models."""
-    two, three = (jax.eval_shape(query, jax.ShapeDtypeStruct((n, *input_shape), jnp.float32), jax.random.key(0))
-                  for n in (2, 3))
+    two, three = (jax.eval_shape(oracle.query, jax.ShapeDtypeStruct((n, *oracle.input_shape), jnp.float32),
+                                 jax.random.key(0)) for n in (2, 3))
     stacked = two.ndim >= 3 and two.shape[0] == three.shape[0] and (two.shape[1], three.shape[1]) == (2, 3)
     if sweep and not stacked:
         raise ValueError(f"expected a stacked oracle returning [num_models, batch, ...] with sweep=True (see "
-                         f"stacked_oracle), got output shape {two.shape} for a batch of 2")
+                         f"BlackBox.stacked), got output shape {two.shape} for a batch of 2")
     return (tuple(two.shape[2:]), int(two.shape[0])) if sweep else (tuple(two.shape[1:]), None)
-
-
-def lift_constants(fn: Callable, *example_args) -> tuple[Callable, list]:
-    """`fn` with the arrays it closes over turned into an argument: `(lifted(consts, *args), consts)`.
-
-    An oracle closes over the edge's weights; inside a jitted training step XLA would embed (and
-    constant-fold) them. `lifted` traces `fn` once at the example arguments' shapes and evaluates
-    that program with `consts` passed in, so the weights enter the step as ordinary arguments.
-    """
-    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*example_args)
-    treedef = jax.tree.structure(out_shape)
-
-    def lifted(consts, *args):
-        out = jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(closed.jaxpr, consts))(*jax.tree.leaves(args))
-        return jax.tree.unflatten(treedef, out)
-
-    return lifted, list(closed.consts)
 
 
 def _stack(tree, num: int):
@@ -224,9 +155,9 @@ def _stack(tree, num: int):
 
 
 def prepare_queries(decoder: Pure, oracle: BlackBox, aux_images, config, sweep: bool,
-                    name: str = "decoder") -> tuple[np.ndarray, Callable, int | None]:
-    """Checks the inputs of a decoder-training attack; returns the images, `query(x, key)` and the
-    number of stacked models (None without `sweep`)."""
+                    name: str = "decoder") -> tuple[np.ndarray, int | None]:
+    """Checks the inputs of a decoder-training attack; returns the images and the number of stacked
+    models (None without `sweep`)."""
     config.validate()
     if not isinstance(oracle, BlackBox):
         raise TypeError(f"expected oracle as a BlackBox, got {type(oracle).__name__}")
@@ -234,10 +165,9 @@ def prepare_queries(decoder: Pure, oracle: BlackBox, aux_images, config, sweep: 
     if not config.batch_size <= len(images):
         raise ValueError(f"expected config.batch_size <= {len(images)} (the number of aux_images), got "
                          f"{config.batch_size}")
-    query = oracle_fn(oracle)
-    feature_shape, num_models = _feature_shape(query, oracle.input_shape, sweep)
+    feature_shape, num_models = _feature_shape(oracle, sweep)
     check_decoder(decoder, feature_shape, images.shape[1:], name=name)
-    return images, query, num_models
+    return images, num_models
 
 
 def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
@@ -260,7 +190,7 @@ def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
         key: PRNG key (initialisation, batch order, queries, steps).
         workdir: checkpoint folder (None: no checkpoints).
         progress: show a progress bar.
-        sweep: the oracle returns stacked features `[num_models, batch, ...]` (`stacked_oracle`);
+        sweep: the oracle returns stacked features `[num_models, batch, ...]` (`BlackBox.stacked`);
             one decoder per model is trained, all from the same initialisation, as one vmapped program.
 
     Returns:
@@ -271,26 +201,23 @@ def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
         ValueError: on images of the wrong shape or range, a decoder whose output does not match the
             images, a batch larger than the data, or invalid settings.
     """
-    images, query, num_models = prepare_queries(decoder, oracle, aux_images, config, sweep)
+    images, num_models = prepare_queries(decoder, oracle, aux_images, config, sweep)
     optimizer = decoder_attack_optimizer(config, len(images) // config.batch_size)
     update = make_decoder_attack_step(decoder, optimizer)
     if sweep:
         update = map_models(update, (0, None, 0, None))
     init_key, loop_key = jax.random.split(key)
-    query, consts = lift_constants(query, jax.ShapeDtypeStruct((config.batch_size, *images.shape[1:]), jnp.float32),
-                                   loop_key)
 
     def init():
         variables = decoder.init(init_key)
         state = TrainState(jnp.zeros((), jnp.int32), variables, optimizer.init(variables["params"]), ())
         return state if num_models is None else _stack(state, num_models)
 
-    def step(state, images, key, consts):
+    def step(state, images, key, oracle):  # the oracle's weights are arguments of the program
         query_key, step_key = jax.random.split(key)
-        z_tilde = jax.lax.stop_gradient(query(consts, images, query_key))
-        return update(state, images, z_tilde, step_key)
+        return update(state, images, oracle.query(images, query_key), step_key)
 
-    state = fit_loop(step, jax.jit(init)(), (images,), step_args=(consts,), epochs=config.epochs,
+    state = fit_loop(step, jax.jit(init)(), (images,), step_args=(oracle,), epochs=config.epochs,
                      batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      progress=progress, description="decoder attack")
     return state.variables

@@ -35,11 +35,12 @@ import numpy as np
 import optax
 
 from mijax.attacks.learned_inversion import check_he2019_schedule, he2019_optimizer
-from mijax.attacks.knowledge import QueryFree, WhiteBox
+from mijax.attacks.knowledge import PureProgram, QueryFree, WhiteBox
 from mijax.attacks.mle_inversion import RMLEConfig, rmle
 from mijax.data.transforms import Normalization
 from mijax.nn import Conv2d, Layer, Pure, Sequential, Variables, max_pool, pure
 from mijax.split import SplitModel
+from mijax.steps import descend
 from mijax.train import TrainState, fit_loop
 
 PIXELS = Normalization(mean=(0.0,), std=(1.0,))
@@ -91,8 +92,8 @@ class TrainedShadow(NamedTuple):
 
     def white_box(self) -> WhiteBox:
         """The shadow as a `WhiteBox` for `mijax.attacks.mle_inversion`."""
-        return WhiteBox(lambda x: self.edge.apply(self.variables, x)[0], self.normalization,
-                        self.input_shape)
+        return WhiteBox(PureProgram(self.edge), self.variables, normalization=self.normalization,
+                        input_shape=self.input_shape)
 
 
 @functools.lru_cache(maxsize=64)  # one wrapper per shadow, so that compiled inversions are reused
@@ -182,19 +183,18 @@ def train_shadow(knowledge: QueryFree, shadow: Pure | SplitModel, images, labels
         opt_state = jax.jit(optimizer.init)(variables["params"])
         return TrainState(jnp.zeros((), jnp.int32), variables, opt_state, ())
 
-    def step(state: TrainState, x, y, key):
+    def step(state: TrainState, x, y, key, cloud: QueryFree):  # the cloud's weights as arguments
         def loss_fn(params):
             z, variables = edge.apply({**state.variables, "params": params}, x, train=True, key=key)
-            logits = knowledge.cloud(z)
+            logits = cloud.cloud(z)
             return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)), (variables, logits)
 
-        (loss, (variables, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables["params"])
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.variables["params"])
-        params = optax.apply_updates(state.variables["params"], updates)
+        params, opt_state, loss, (variables, logits) = descend(loss_fn, optimizer, state.variables["params"],
+                                                               state.opt_state)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
         return TrainState(state.step + 1, {**variables, "params": params}, opt_state, ()), metrics
 
-    state = fit_loop(step, init(), (images, labels),
+    state = fit_loop(step, init(), (images, labels), step_args=(knowledge,),
                      epochs=config.epochs, batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      checkpoint_every=checkpoint_every, progress=progress, description="shadow edge")
     return TrainedShadow(edge, state.variables, norm, tuple(knowledge.input_shape))

@@ -13,6 +13,7 @@ decoder per model).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -21,8 +22,9 @@ import optax
 from flax import nnx
 
 from mijax import metrics
-from mijax.defenses.base import Defense, LossInputs, check_scalar
+from mijax.defenses.base import Defense, LossInputs, check_scalar, require_spec
 from mijax.nn import Conv2d, Pure, pure
+from mijax.steps import descend
 
 _OBJECTIVES = ("ssim", "mse")
 _FEATURES = ("clean", "transmitted")
@@ -79,7 +81,12 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"expected {name} to be one of {choices}, got {value!r}")
 
 
-def adversarial_decoder(*, alpha, key: jax.Array, decoder: Pure | None = None,
+@functools.lru_cache(maxsize=None)
+def _default_decoder(feature_shape, image_shape) -> Pure:
+    return upsampling_decoder(feature_shape, image_shape)
+
+
+def adversarial_decoder(*, alpha, key: jax.Array | None = None, decoder: Pure | None = None,
                         feature_shape: tuple[int, ...] | None = None,
                         image_shape: tuple[int, int, int] | None = None, objective: str = "ssim",
                         threshold=0.5, decoder_objective: str = "mse", learning_rate=1e-3,
@@ -103,10 +110,11 @@ def adversarial_decoder(*, alpha, key: jax.Array, decoder: Pure | None = None,
 
     Args:
         alpha: weight α >= 0 of the encoder term; traced when swept.
-        key: initialises the decoder.
+        key: initialises the decoder; None: the key `init(key, spec)` gets from the run.
         decoder: any `Pure` from features to images in [0, 1]; default `upsampling_decoder`
             sized from `feature_shape` and `image_shape`.
-        feature_shape, image_shape: shapes of one z and one x (needed for the default decoder).
+        feature_shape, image_shape: shapes of one z and one x for the default decoder; None: the
+            spec's.
         objective: the encoder term, "ssim" or "mse".
         threshold: t in [0, 1] of the SSIM hinge; traced when swept.
         decoder_objective: what the decoder minimises, "mse" or "ssim" (−SSIM).
@@ -135,11 +143,12 @@ def adversarial_decoder(*, alpha, key: jax.Array, decoder: Pure | None = None,
     _check_choice("features", features, _FEATURES)
     alpha = check_scalar("alpha", alpha)
     threshold = check_scalar("threshold", threshold, high=1.0)
-    if decoder is None:
-        if feature_shape is None or image_shape is None:
-            raise ValueError("expected feature_shape and image_shape for the default decoder "
-                             "(or pass decoder=...)")
-        decoder = upsampling_decoder(feature_shape, image_shape)
+    if decoder is None and None not in (feature_shape, image_shape):
+        upsampling_decoder(feature_shape, image_shape)  # fail early on shapes it cannot decode
+
+    def decoder_for(feature_shape, image_shape):
+        return decoder if decoder is not None else _default_decoder(tuple(feature_shape), tuple(image_shape))
+
     if optimizer is None:
         learning_rate = check_scalar("learning_rate", learning_rate)
         optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
@@ -150,14 +159,21 @@ def adversarial_decoder(*, alpha, key: jax.Array, decoder: Pure | None = None,
     def _features(inputs: LossInputs):
         return inputs.z if features == "clean" else inputs.z_tilde
 
-    def init():
-        variables = decoder.init(key)
+    def init(init_key=None, spec=None):
+        shapes = (feature_shape, image_shape)
+        if decoder is None and None in shapes:
+            spec = require_spec("adversarial_decoder", spec)
+            shapes = (feature_shape or spec.feature_shape, image_shape or spec.input_shape)
+        if key is None and init_key is None:
+            raise ValueError("expected a key: adversarial_decoder(key=...) or init(key, spec)")
+        variables = decoder_for(*shapes).init(init_key if key is None else key)
         return {"alpha": alpha, "threshold": threshold, "decoder": variables,
                 "opt_state": optimizer.init(variables["params"]), "decoder_loss": jnp.zeros(())}
 
     def loss(state, inputs: LossInputs):
         variables = jax.lax.stop_gradient(state["decoder"])
-        x_hat, _ = decoder.apply(variables, _features(inputs), train=False)
+        z = _features(inputs)
+        x_hat, _ = decoder_for(z.shape[1:], inputs.images.shape[1:]).apply(variables, z, train=False)
         if objective == "mse":
             return -state["alpha"] * jnp.mean((x_hat - inputs.images) ** 2, axis=tuple(range(1, x_hat.ndim)))
         similarity = _ssim(x_hat, inputs.images)
@@ -169,20 +185,20 @@ def adversarial_decoder(*, alpha, key: jax.Array, decoder: Pure | None = None,
         x = jax.lax.stop_gradient(inputs.images)
 
         def decoder_loss(params):
-            x_hat, variables = decoder.apply({**state["decoder"], "params": params}, z, train=True, key=key)
+            x_hat, variables = decoder_for(z.shape[1:], x.shape[1:]).apply(
+                {**state["decoder"], "params": params}, z, train=True, key=key)
             value = jnp.mean((x_hat - x) ** 2) if decoder_objective == "mse" else -_ssim(x_hat, x)
             return value, variables
 
-        params = state["decoder"]["params"]
-        (value, variables), grads = jax.value_and_grad(decoder_loss, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        variables = {**variables, "params": optax.apply_updates(params, updates)}
+        params, opt_state, value, variables = descend(decoder_loss, optimizer, state["decoder"]["params"],
+                                                      state["opt_state"])
+        variables = {**variables, "params": params}
         return {**state, "decoder": variables, "opt_state": opt_state, "decoder_loss": value}
 
     return Defense(init=init, loss=loss, update=update)
 
 
-def deep_obfuscator(*, gamma, key: jax.Array, **kwargs) -> Defense:
+def deep_obfuscator(*, gamma, key: jax.Array | None = None, **kwargs) -> Defense:
     """DeepObfuscator's adversarial training (Li et al., IoTDI 2021): CE − γ·MSE(D_φ(z), x).
 
     `adversarial_decoder(alpha=gamma, objective="mse", decoder_objective="mse", ...)`; GLASS uses

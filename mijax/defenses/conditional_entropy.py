@@ -22,10 +22,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from mijax import checks
-from mijax.defenses.base import Defense, LossInputs, chain, check_scalar
+from mijax.defenses.base import Defense, LossInputs, chain, check_scalar, require_spec
 from mijax.defenses.kmeans import (Mixture, _layout, assign, default_chunk_size, fit_mixture,
                                    kmeans_plusplus)
 from mijax.defenses.noise import gaussian_noise
@@ -144,9 +145,9 @@ def cem_loss(z: ArrayLike, labels: ArrayLike, mixture: Mixture, *, sigma: ArrayL
     return total / jnp.maximum(jnp.sum(present), 1)
 
 
-def cem(*, lam: ArrayLike, sigma: ArrayLike, num_classes: int, num_components: int = 5,
-        feature_dim: int, tau: ArrayLike = 0.125, gamma: ArrayLike = 0.01,
-        samples_per_class: float, lr_coupling: float | Callable[[jax.Array], jax.Array] | None = None,
+def cem(*, lam: ArrayLike, sigma: ArrayLike, num_classes: int | None = None, num_components: int = 5,
+        feature_dim: int | None = None, tau: ArrayLike = 0.125, gamma: ArrayLike = 0.01,
+        samples_per_class: float | None = None, lr_coupling: float | Callable[[jax.Array], jax.Array] | None = None,
         log_entropy: bool = True, reference_compatible: bool = False, num_iters: int = 50,
         kmeanspp_power: float = 1) -> Defense:
     """The CEM training term as a `Defense` (Xia et al., CVPR 2025; `cem.md` §5–§8).
@@ -161,19 +162,18 @@ def cem(*, lam: ArrayLike, sigma: ArrayLike, num_classes: int, num_components: i
 
     Example:
         >>> defense = chain(gaussian_noise(sigma=0.05),
-        ...                 cem(lam=8.0, sigma=0.05, num_classes=10, feature_dim=512,
-        ...                     samples_per_class=5000, lr_coupling=schedule))
-        >>> state = mijax.train.fit(model, x, y, defense=defense, ...)
+        ...                 cem(lam=8.0, sigma=0.05, lr_coupling=schedule))
+        >>> state = mijax.train.fit(model, x, y, defense=defense, ...)  # C, D and L from the spec
 
     Args:
         lam: λ >= 0, the weight of the CEM term (paper grid {0, 8, 16}).
         sigma: the noise standard deviation σ >= 0 (sets the hinge point τσ²); σ = 0 needs λ = 0.
-        num_classes: C.
+        num_classes: C; None: the spec's (`init(key, spec)`, as `mijax.train.fit` calls it).
         num_components: K clusters per class (5 for the VGG `sgm` models, 15 otherwise).
-        feature_dim: D, the flattened size of the edge output z.
+        feature_dim: D, the flattened size of the edge output z; None: from the spec.
         tau: variance threshold τ.
         gamma: log floor γ > 0.
-        samples_per_class: L = N_tot / C (≈ training set size / C).
+        samples_per_class: L = N_tot / C; None: the spec's examples per epoch / C.
         lr_coupling: the reference's learning-rate coupling s(lr) (`lr_coupling_scale`): None (s = 1,
             also the reference's fine-tune mode), a constant learning rate, or a schedule
             `step -> lr` (e.g. an optax schedule), in which case the state counts the steps.
@@ -200,20 +200,30 @@ def cem(*, lam: ArrayLike, sigma: ArrayLike, num_classes: int, num_components: i
                              "use lam=0 for a noise-free model), got sigma=0")
     if not isinstance(gamma, jax.core.Tracer) and float(gamma) <= 0:
         raise ValueError(f"expected gamma > 0, got {float(gamma)}")
-    if not samples_per_class > 0:
+    if samples_per_class is not None and not samples_per_class > 0:
         raise ValueError(f"expected samples_per_class > 0, got {samples_per_class}")
-    if feature_dim < 1 or num_classes < 1 or num_components < 1:
-        raise ValueError(f"expected positive feature_dim, num_classes and num_components, got "
-                         f"{feature_dim}, {num_classes} and {num_components}")
+    for name, value in (("feature_dim", feature_dim), ("num_classes", num_classes),
+                        ("num_components", num_components)):
+        if value is not None and value < 1:
+            raise ValueError(f"expected {name} >= 1, got {value}")
     if lr_coupling is not None and not callable(lr_coupling):
         check_scalar("lr_coupling", lr_coupling)
     scheduled = callable(lr_coupling)
 
-    def init():
+    def init(key=None, spec=None):
+        classes, dim, per_class = num_classes, feature_dim, samples_per_class
+        if None in (classes, dim, per_class):
+            spec = require_spec("cem", spec)
+            classes = spec.num_classes if classes is None else classes
+            dim = int(np.prod(spec.feature_shape)) if dim is None else dim
+            if per_class is None:
+                if not spec.examples_per_epoch:
+                    raise ValueError("expected samples_per_class, or a spec with examples_per_epoch")
+                per_class = spec.examples_per_epoch / classes
         return {"lam": lam, "sigma": sigma, "tau": tau, "gamma": gamma,
                 "scale": jnp.ones((), jnp.float32), "step": jnp.zeros((), jnp.int32),
-                "fitted": jnp.zeros((), jnp.float32),
-                "mixture": Mixture.empty(num_classes, num_components, feature_dim)}
+                "fitted": jnp.zeros((), jnp.float32), "samples_per_class": jnp.float32(per_class),
+                "mixture": Mixture.empty(classes, num_components, dim)}
 
     def coupling(state):
         if lr_coupling is None:
@@ -222,7 +232,7 @@ def cem(*, lam: ArrayLike, sigma: ArrayLike, num_classes: int, num_components: i
 
     def loss(state, inputs: LossInputs):
         value = cem_loss(inputs.z, inputs.labels, state["mixture"], sigma=state["sigma"],
-                         tau=state["tau"], gamma=state["gamma"], samples_per_class=samples_per_class,
+                         tau=state["tau"], gamma=state["gamma"], samples_per_class=state["samples_per_class"],
                          log_entropy=log_entropy, reference_compatible=reference_compatible)
         return state["lam"] * state["scale"] * coupling(state) * state["fitted"] * value
 
@@ -231,9 +241,10 @@ def cem(*, lam: ArrayLike, sigma: ArrayLike, num_classes: int, num_components: i
 
     def epoch_update(state, features, labels, key):
         x = jnp.reshape(features, (features.shape[0], -1))
+        previous = state["mixture"]
+        num_classes, num_components, feature_dim = previous.means.shape
         if x.shape[1] != feature_dim:
             raise ValueError(f"expected features of size {feature_dim} per example, got {x.shape[1]}")
-        previous = state["mixture"]
         means = jax.lax.cond(
             state["fitted"] > 0, lambda: previous.means,
             lambda: kmeans_plusplus(x, labels, num_classes=num_classes, num_components=num_components,
@@ -252,7 +263,7 @@ def cem_with_noise(*, lam: ArrayLike, sigma: ArrayLike, **kwargs) -> Defense:
 
     The state is `(noise_state, cem_state)`; both hold the same σ. Keyword arguments go to `cem`.
     """
-    return chain(gaussian_noise(sigma), cem(lam=lam, sigma=sigma, **kwargs))
+    return chain(gaussian_noise(sigma=sigma), cem(lam=lam, sigma=sigma, **kwargs))
 
 
 # --- Monitors (logging only; not part of the training step) -------------------------------------

@@ -107,4 +107,4 @@ def nopeek(*, alpha, normalization: Normalization | None = None, squared: bool =
         x = inputs.images if normalization is None else normalization.normalize(inputs.images)
         return state["alpha"] * distance_correlation(x, inputs.z, squared=squared)
 
-    return Defense(init=lambda: {"alpha": alpha}, loss=loss)
+    return Defense(init=lambda key=None, spec=None: {"alpha": alpha}, loss=loss)

@@ -34,7 +34,7 @@ def dropout(rate, *, rescale: bool = False, on: str = "features") -> Defense:
         return jnp.where(keep, kept, jnp.zeros_like(z))
 
     return Defense(
-        init=lambda: {"rate": rate},
+        init=lambda key=None, spec=None: {"rate": rate},
         feature_transform=drop if on == "features" else None,
         input_transform=drop if on == "input" else None,
     )

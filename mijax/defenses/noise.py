@@ -22,13 +22,13 @@ def _additive(name: str, scale, sample, on: str) -> Defense:
         return x + state[name] * sample(key, x.shape)
 
     return Defense(
-        init=lambda: {name: scale},
+        init=lambda key=None, spec=None: {name: scale},
         feature_transform=add if on == "features" else None,
         input_transform=add if on == "input" else None,
     )
 
 
-def gaussian_noise(sigma, *, on: str = "features") -> Defense:
+def gaussian_noise(*, sigma, on: str = "features") -> Defense:
     """z̃ = z + σ·ε, ε ~ N(0, I), fresh per element and call (He et al. IoT-J 2020; CEM).
 
     Args:
@@ -42,7 +42,7 @@ def gaussian_noise(sigma, *, on: str = "features") -> Defense:
     return _additive("sigma", sigma, lambda k, s: jax.random.normal(k, s), on)
 
 
-def laplace_noise(scale, *, on: str = "features") -> Defense:
+def laplace_noise(*, scale, on: str = "features") -> Defense:
     """z̃ = z + ε, ε ~ Laplace(0, b) element-wise (He et al. IoT-J 2020; Titcombe et al. 2021).
 
     Args:

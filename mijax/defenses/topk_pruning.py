@@ -35,4 +35,4 @@ def topk(prune_ratio, *, reference_compatible: bool = False) -> Defense:
         num_pruned = jnp.floor(state["prune_ratio"] * flat.shape[-1])
         return jnp.where(ranks >= num_pruned, flat, 0.0).reshape(z.shape)
 
-    return Defense(init=lambda: {"prune_ratio": prune_ratio}, feature_transform=prune)
+    return Defense(init=lambda key=None, spec=None: {"prune_ratio": prune_ratio}, feature_transform=prune)

@@ -10,13 +10,11 @@ from mijax.attacks import (
     DecoderAttackConfig,
     cem_attack_data,
     decoder_attack,
-    stacked_oracle,
     train_decoder_attack,
 )
 from mijax.attacks.noise_aware_decoder import (
     cosine_per_epoch,
     decoder_attack_optimizer,
-    oracle_fn,
 )
 from mijax.models import digits_cnn, res_norm_decoder
 from mijax.train import fit
@@ -66,7 +64,7 @@ def test_sweep_over_stacked_encoders_matches_the_single_run(victim):
     """The step vmapped over two stacked encoders (trained, fresh): model 0 reproduces the single run."""
     model, trained, noise, _, aux, targets, single = victim
     encoders = jax.tree.map(lambda a, b: jnp.stack([a, b]), trained, model.init(_key(5)))
-    oracle = stacked_oracle(model, encoders, defense=noise)
+    oracle = BlackBox.stacked(model, encoders, defense=noise)
     assert oracle.query(targets.images[:3], key=_key(0)).shape == (2, 3, 8, 8, 8)
     stacked = train_decoder_attack(_decoder(model), oracle, aux.images, config=CONFIG, key=_key(1),
                                    progress=False, sweep=True)
@@ -108,15 +106,6 @@ def test_optimizer_is_torch_adam_with_coupled_weight_decay():
         np.testing.assert_allclose(params["w"], p, rtol=1e-5)
 
 
-def test_oracle_fn_passes_keys_only_when_taken():
-    plain = BlackBox(lambda x: x * 2, (2, 2, 1))
-    keyed = BlackBox(lambda x, key=None: x + jax.random.normal(key, x.shape), (2, 2, 1))
-    x = jnp.ones((3, 2, 2, 1))
-    np.testing.assert_array_equal(oracle_fn(plain)(x, _key(0)), 2 * x)
-    a, b = oracle_fn(keyed)(x, _key(0)), oracle_fn(keyed)(x, _key(1))
-    assert not np.allclose(a, b)
-
-
 def test_cem_attack_data_settings():
     test = data.Dataset(np.zeros((10, 2, 2, 1), np.float32), np.arange(10, dtype=np.int32), 10, "toy")
     train = test._replace(labels=test.labels + 100)
@@ -134,7 +123,7 @@ def test_cem_attack_data_settings():
 
 
 def test_bad_inputs_raise():
-    oracle = BlackBox(lambda x: x[:, ::2, ::2, :], (4, 4, 1))
+    oracle = BlackBox(lambda _, x, key: x[:, ::2, ::2, :], input_shape=(4, 4, 1))
     decoder = res_norm_decoder(feature_shape=(2, 2, 1), image_shape=(4, 4, 1), num_blocks=0, channels=2)
     images = np.full((8, 4, 4, 1), 0.5, np.float32)
     small = DecoderAttackConfig(epochs=1, batch_size=4)

@@ -131,11 +131,11 @@ def test_finetune_sweeps_over_stacked_models_and_keeps_the_callers_variables():
     a = np.asarray(jax.random.normal(_key(6), (int(np.prod(IMAGE)), int(np.prod(FEATURE)))), np.float32) / 4
     edges = jnp.stack([a, -a])            # two "encoders": a linear map and its negative
 
-    def query(x, key=None):
+    def query(edges, x, key):
         z = jnp.einsum("bi,mij->mbj", x.reshape(len(x), -1), edges).reshape(2, len(x), *FEATURE)
         return z + 0.05 * jax.random.normal(key, z.shape)
 
-    oracle = BlackBox(query, IMAGE)
+    oracle = BlackBox(query, input_shape=IMAGE, state=edges, stochastic=True)
     stacked = jax.vmap(generator.init)(jax.random.split(_key(7), 2))
     images = np.asarray(jax.random.uniform(_key(8), (16, *IMAGE)))
     config = GanConfig(epochs=1, batch_size=4, n_critic=2)
@@ -153,7 +153,7 @@ def test_finetune_sweeps_over_stacked_models_and_keeps_the_callers_variables():
 
 def test_finetune_rejects_bad_inputs():
     generator, critic = _networks()
-    oracle = BlackBox(lambda x: jnp.zeros((len(x), *FEATURE)), IMAGE)
+    oracle = BlackBox(lambda _, x, key: jnp.zeros((len(x), *FEATURE)), input_shape=IMAGE)
     variables = generator.init(_key(0))
     images = np.full((8, *IMAGE), 0.5, np.float32)
     config = GanConfig(epochs=1, batch_size=4)

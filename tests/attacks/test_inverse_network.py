@@ -90,7 +90,7 @@ A = np.asarray(jax.random.normal(jax.random.key(7), (16, 24)), np.float32) / 4
 
 
 def _oracle():
-    return BlackBox(lambda x, key=None: x.reshape(len(x), -1) @ A, (4, 4, 1))
+    return BlackBox(lambda a, x, key: x.reshape(len(x), -1) @ a, input_shape=(4, 4, 1), state=jnp.asarray(A))
 
 
 def _decoder():
@@ -204,7 +204,7 @@ def test_bad_input():
     oracle, x = _oracle(), _images()
     z, _ = query_dataset(oracle, x)
     with pytest.raises(TypeError, match="expected a BlackBox oracle or a TrainedDecoder, got WhiteBox"):
-        inverse_network(WhiteBox(lambda x: x, MNIST_HALF, (4, 4, 1)), z, key=jax.random.key(0),
+        inverse_network(WhiteBox(lambda v, x: x, (), normalization=MNIST_HALF, input_shape=(4, 4, 1)), z, key=jax.random.key(0),
                         decoder=_decoder(), images=x)
     with pytest.raises(TypeError, match="expected a BlackBox oracle"):
         query_dataset(object(), x)

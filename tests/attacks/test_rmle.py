@@ -18,8 +18,8 @@ def _linear_knowledge():
     """A linear edge z = A·vec(normalise(x)), simple enough to write the objective in NumPy."""
     a = np.asarray(jax.random.normal(jax.random.key(7), (5 * 4 * 2, 12)), np.float32)
     norm = Normalization(mean=(0.3, 0.5), std=(0.2, 0.4))
-    edge = lambda x: norm.normalize(x).reshape(x.shape[0], -1) @ a
-    return WhiteBox(edge, norm, (5, 4, 2)), a, norm
+    edge = lambda a, x: norm.normalize(x).reshape(x.shape[0], -1) @ a
+    return WhiteBox(edge, jnp.asarray(a), normalization=norm, input_shape=(5, 4, 2)), a, norm
 
 
 @pytest.mark.parametrize("config", [

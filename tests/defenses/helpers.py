@@ -9,7 +9,8 @@ import optax
 from mijax import data, defenses, metrics
 from mijax.attacks import RMLEConfig, WhiteBox, rmle
 from mijax.models import digits_cnn
-from mijax.train import evaluate, fit, transmit
+from mijax.pipeline import transmit
+from mijax.train import evaluate, fit
 
 KEY = jax.random.key(0)
 Z = jax.random.uniform(jax.random.key(1), (64, 8, 8, 4))
@@ -42,8 +43,8 @@ class DigitsTarget(NamedTuple):
         """rMLE (200 Adam steps in pixel space) on what the deployed edge transmits."""
         defense = defense or defenses.identity()
         targets = self.test_images[:10]
-        _, _, z_tilde, _ = transmit(self.model, defense, defense.init(), variables, targets,
-                                    jax.random.key(5), train=False)
+        z_tilde = transmit(self.model, variables, targets, defense=defense, defense_state=defense.init(),
+                           key=jax.random.key(5)).z_tilde
         config = RMLEConfig(num_steps=200, learning_rate=0.05, tv_weight=0.05, optimizer="adam",
                             space="pixel", eps=1e-8)
         x_hat = rmle(WhiteBox.from_model(self.model, variables), z_tilde, config=config)
