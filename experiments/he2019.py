@@ -221,7 +221,7 @@ def _defense_curves(name, model, variables, test, targets, config, key):
     cut_model = model.with_cut(cut)
     sweeps = [("gaussian (features)", "sigma", config.sigmas, lambda v: defenses.gaussian_noise(sigma=v)),
               ("laplace (features)", "scale", config.laplace_scales, lambda v: defenses.laplace_noise(scale=v)),
-              ("dropout (features)", "rate", config.dropout_rates, lambda v: defenses.dropout(v))]
+              ("dropout (features)", "rate", config.dropout_rates, lambda v: defenses.dropout(rate=v))]
     if config.input_noise:
         sweeps.append(("gaussian (input)", "sigma", config.sigmas,
                        lambda v: defenses.gaussian_noise(sigma=v, on="input")))

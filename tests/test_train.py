@@ -1,11 +1,13 @@
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from mijax import data, defenses, stacks
+from mijax import data, defenses, losses, stacks
 from mijax.models import digits_cnn
+from mijax.optim import freeze
 from mijax.train import evaluate, fit
 
 
@@ -87,3 +89,67 @@ def test_bad_input(digits):
         fit(model, x[:10] * 255, y[:10], **kw)
     with pytest.raises(ValueError, match="expected batch_size"):
         fit(model, x[:10], y[:10], **{**kw, "batch_size": 11})
+
+
+def _gain_defense(target=3.0):
+    """z̃ = g·z with a trainable gain g and the term (g − target)²: a defense that owns a parameter."""
+    return defenses.Defense(
+        init=lambda key=None, spec=None: {"gain": defenses.Trainable(jnp.ones(())), "target": target},
+        feature_transform=lambda state, z, key, *, train: state["gain"].params * z,
+        loss=lambda state, inputs: (state["gain"].params - state["target"]) ** 2)
+
+
+def test_defense_parameters_train_jointly_through_one_optimiser(digits):
+    start = _fit(digits, epochs=1, optimizer=optax.sgd(0.0))
+    state = _fit(digits, defense=_gain_defense(), optimizer=optax.sgd(0.05))
+    gain = float(state.defense_state["gain"].params)
+    assert 2.0 < gain < 3.5, gain                     # pulled from 1 towards 3 by its own term
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b), state.variables["params"], start.variables["params"])
+    assert all(jax.tree.leaves(changed))             # and the model trained in the same steps
+    frozen = _fit(digits, defense=_gain_defense(), optimizer=freeze(optax.sgd(0.05), frozen=("defense",)))
+    assert float(frozen.defense_state["gain"].params) == 1.0
+
+
+def test_defense_init_gets_a_run_key_and_the_spec(digits):
+    seen = {}
+
+    def init(key=None, spec=None):
+        seen["spec"] = spec
+        return {"draw": jax.random.normal(key)}
+
+    probe = defenses.Defense(init=init)
+    a = _fit(digits, defense=probe, epochs=1).defense_state["draw"]
+    b = _fit(digits, defense=probe, epochs=1, key=jax.random.key(1)).defense_state["draw"]
+    assert float(a) != float(b)                      # derived from the run's root key
+    model = digits_cnn(image_size=16)
+    assert seen["spec"] == model.defense_spec(examples_per_epoch=512)
+    assert seen["spec"].feature_shape == (8, 8, 8) and seen["spec"].num_classes == 10
+    cem_state = _fit(digits, defense=defenses.cem(lam=1.0, sigma=0.1, num_components=2), epochs=1).defense_state
+    assert cem_state["mixture"].means.shape == (10, 2, 512)
+    assert float(cem_state["samples_per_class"]) == pytest.approx(51.2)
+
+
+def test_staged_training_freezes_by_name_and_resumes_per_stage(digits, tmp_path):
+    model = digits_cnn(image_size=16)
+    stage1 = _fit(digits, epochs=1)
+    stage2_optimizer = freeze(optax.adam(2e-3), frozen=model.edge_names)
+    stage2 = _fit(digits, variables=stage1.variables, optimizer=stage2_optimizer, workdir=tmp_path / "stage2")
+    for name in model.network.names:
+        if name not in stage1.variables["params"]:
+            continue
+        same = all(jax.tree.leaves(jax.tree.map(np.array_equal, stage1.variables["params"][name],
+                                                stage2.variables["params"][name])))
+        assert same == (name in model.edge_names), name
+    steps = []
+    again = _fit(digits, variables=stage1.variables, optimizer=stage2_optimizer, workdir=tmp_path / "stage2",
+                 callback=lambda t, s: steps.append(t))
+    assert steps == [] and int(again.step) == int(stage2.step)   # resumed from the stage's checkpoint
+    chex.assert_trees_all_equal(again.variables, stage2.variables)
+
+
+def test_task_loss_is_a_parameter(digits):
+    plain = _fit(digits, epochs=1)
+    smoothed = _fit(digits, epochs=1, task_loss=losses.label_smoothing(epsilon=0.0))
+    chex.assert_trees_all_close(plain.variables, smoothed.variables, atol=1e-4)  # Adam amplifies rounding
+    strong = _fit(digits, epochs=1, task_loss=losses.label_smoothing(epsilon=0.5))
+    assert not np.allclose(strong.variables["params"]["fc2"]["linear"]["kernel"], plain.variables["params"]["fc2"]["linear"]["kernel"])

@@ -1,11 +1,11 @@
 """Defenses: optax-like NamedTuples of pure functions (see `base.Defense`), composed with `chain`."""
 
-from mijax.defenses.base import Defense, LossInputs, chain, identity, stack
+from mijax.defenses.base import Defense, DefenseSpec, LossInputs, Trainable, chain, identity, stack
 from mijax.defenses.feature_dropout import dropout
 from mijax.defenses.noise import gaussian_noise, laplace_noise
 from mijax.defenses.topk_pruning import topk
 
-__all__ = ["Defense", "LossInputs", "chain", "identity", "stack", "dropout", "gaussian_noise",
+__all__ = ["Defense", "DefenseSpec", "LossInputs", "Trainable", "chain", "identity", "stack", "dropout", "gaussian_noise",
            "laplace_noise", "topk"]
 
 from mijax.defenses.conditional_entropy import (cem, cem_loss, cem_with_noise, log_det_monitor, lr_coupling_scale,  # noqa: E402

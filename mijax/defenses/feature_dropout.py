@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from mijax.defenses.base import Defense, check_scalar
 
 
-def dropout(rate, *, rescale: bool = False, on: str = "features") -> Defense:
+def dropout(*, rate, rescale: bool = False, on: str = "features") -> Defense:
     """z̃ = z ⊙ M, M_ij ~ Bernoulli(1 − r), applied at inference (and in training if used there).
 
     He et al.'s defense does **not** rescale by 1/(1 − r) (`rescale=False`, the default); the

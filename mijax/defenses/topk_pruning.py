@@ -12,7 +12,7 @@ def _ranks(values):
     return jnp.argsort(jnp.argsort(values, axis=-1), axis=-1)
 
 
-def topk(prune_ratio, *, reference_compatible: bool = False) -> Defense:
+def topk(*, prune_ratio, reference_compatible: bool = False) -> Defense:
     """Zeroes the fraction `prune_ratio` of entries of z.
 
     Default (mijax): per example, the entries of smallest magnitude. `reference_compatible=True`:

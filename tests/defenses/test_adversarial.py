@@ -113,7 +113,11 @@ def test_composes_with_noise_in_fit(digits):
 
 def test_bad_settings():
     for kwargs, match in [({"alpha": -1.0}, "expected alpha"), ({"threshold": 1.5}, "expected threshold"),
-                          ({"objective": "l1"}, "expected objective"), ({"features": "noisy"}, "features"),
-                          ({"feature_shape": None}, "feature_shape")]:
+                          ({"objective": "l1"}, "expected objective"), ({"features": "noisy"}, "features")]:
         with pytest.raises(ValueError, match=match):
             _defense(**kwargs)
+    with pytest.raises(ValueError, match="expected spec"):   # shapes from neither the arguments nor a spec
+        _defense(feature_shape=None).init()
+    spec = MODEL.defense_spec()
+    state = _defense(feature_shape=None, key=None).init(jax.random.key(1), spec)   # from the run's key and spec
+    assert jax.tree.map(jnp.shape, state["decoder"]) == jax.tree.map(jnp.shape, _defense().init()["decoder"])

@@ -31,17 +31,19 @@ def test_input_noise_changes_images_not_features():
 ])
 def test_bad_settings_name_the_argument(make, arg, bad):
     with pytest.raises(ValueError, match=f"expected {arg}"):
+        make(**{arg: bad})
+    with pytest.raises(TypeError):   # factories are keyword-only
         make(bad)
 
 
 def test_unknown_place():
     with pytest.raises(ValueError, match="expected on"):
-        defenses.gaussian_noise(0.1, on="weights")
+        defenses.gaussian_noise(sigma=0.1, on="weights")
 
 
 def test_chain_applies_in_order_and_adds_losses():
     loss_a = defenses.Defense(loss=lambda s, inputs: jnp.ones(3))
-    loss_b = defenses.Defense(init=lambda: {"w": 2.0}, loss=lambda s, inputs: s["w"] * jnp.ones(3))
+    loss_b = defenses.Defense(init=lambda key=None, spec=None: {"w": 2.0}, loss=lambda s, inputs: s["w"] * jnp.ones(3))
     chained = defenses.chain(defenses.dropout(rate=0.5), defenses.gaussian_noise(sigma=0.0), loss_a, loss_b)
     state = chained.init()
     out = chained.feature_transform(state, Z, KEY, train=True)
