@@ -49,8 +49,9 @@ import optax  # noqa: E402
 
 from mijax_experiments import common  # noqa: E402
 from mijax import data, defenses, metrics, report  # noqa: E402
-from mijax.attacks import (BlackBox, DecoderAttackConfig, GanConfig, cem_attack_data, decoder_attack,  # noqa: E402
-                           gan_finetune, train_decoder_attack)
+from mijax.attacks import (BlackBox, DecoderAttackConfig, GanConfig, decoder_attack, gan_finetune,  # noqa: E402
+                           train_decoder_attack)
+from mijax.attacks.attacker_data import cem_attack_data  # noqa: E402
 from mijax.data.transforms import CIFAR10, Normalization  # noqa: E402
 from mijax.defenses.conditional_entropy import log_det_monitor  # noqa: E402
 from mijax.models import dgwgan32, res_norm_decoder, vgg11_bn_sgm  # noqa: E402
@@ -183,17 +184,17 @@ def _noisy_oracle(model, variables, noise_state):
     return BlackBox.stacked(model, variables, defense=defenses.gaussian_noise(sigma=0.0), defense_state=noise_state)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _reconstruct_batch(model, decoder, variables, noise_state, decoder_variables, x, key):
+@functools.partial(jax.jit, static_argnums=(0,))
+def _reconstruct_batch(model, variables, noise_state, decoders, x, key):
     # the weights are arguments, not closures: XLA would constant-fold them into the program
     z = _noisy_oracle(model, variables, noise_state).query(x, key=key)
-    return jax.vmap(lambda v, z: decoder_attack(decoder, v, z))(decoder_variables, z)
+    return jax.vmap(decoder_attack)(decoders, z)
 
 
-def _reconstruct(model, decoder, variables, noise_state, decoder_variables, images, key,
+def _reconstruct(model, variables, noise_state, decoders, images, key,
                  batch_size=256) -> np.ndarray:
     """`[num_models, N, ...]` reconstructions of `images` from fresh noisy queries, batch by batch."""
-    return np.concatenate([np.asarray(_reconstruct_batch(model, decoder, variables, noise_state, decoder_variables,
+    return np.concatenate([np.asarray(_reconstruct_batch(model, variables, noise_state, decoders,
                                                          images[s:s + batch_size], jax.random.fold_in(key, s)))
                            for s in range(0, len(images), batch_size)], axis=1)
 
@@ -268,7 +269,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
         decoders[setting] = train_decoder_attack(
             decoder, oracle, aux.images, config=attack_config, key=jax.random.fold_in(attack_key, i),
             workdir=workdir / f"decoder_{setting}", progress=progress, sweep=True)
-        x_hat = _reconstruct(model, decoder, state.variables, noise_state, decoders[setting], targets.images,
+        x_hat = _reconstruct(model, state.variables, noise_state, decoders[setting], targets.images,
                              jax.random.fold_in(eval_key, i))
         timings[f"decoder {setting}"] = time.perf_counter() - t
         for m, row in enumerate(rows):
@@ -280,10 +281,10 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
                            batch_size=min(config.gan_batch_size, len(attacker_train.images)))
     t = time.perf_counter()
     critic = dgwgan32(image_shape=train.images.shape[1:], width=config.critic_width)
-    generator = gan_finetune(decoder, decoders["inference-time"], critic, oracle, attacker_train.images,
+    generator = gan_finetune(decoders["inference-time"], critic, oracle, attacker_train.images,
                              config=gan_config, key=jax.random.fold_in(attack_key, 2), workdir=workdir / "gan",
                              progress=progress, sweep=True)
-    x_hat = _reconstruct(model, decoder, state.variables, noise_state, generator, targets.images,
+    x_hat = _reconstruct(model, state.variables, noise_state, generator, targets.images,
                          jax.random.fold_in(eval_key, 2))
     timings["gan"] = time.perf_counter() - t
     for m, row in enumerate(rows):

@@ -34,7 +34,8 @@ import optax
 from mijax_experiments import common
 from mijax import data, defenses, metrics, report
 from mijax.attacks import BlackBox, QueryFree, RMLEConfig, WhiteBox, rmle
-from mijax.attacks.learned_inversion import InverseNetworkConfig, attacker_images, inverse_network
+from mijax.attacks.attacker_data import attacker_images
+from mijax.attacks.learned_inversion import InverseNetworkConfig, inverse_network
 from mijax.attacks.shadow import ShadowConfig, he2019_shadow, shadow_attack
 from mijax.models import cifar10cnn, lenet
 from mijax.models.decoders import he2019_decoder

@@ -1,7 +1,6 @@
 """The split pipeline: named taps in the same pass, a client tail, a stacked cloud with a selector."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

@@ -1,33 +1,21 @@
-"""Attacks: pure functions `attack(knowledge, z_observed, *, config, key) -> x_hat`."""
+"""Attacks and their configs: `attack(knowledge, z_observed, *, config, key, ...) -> x_hat`.
+
+The knowledge types (`WhiteBox`, `BlackBox`, `QueryFree`) say what each threat level sees. Learned
+attacks train with `train_*` and return a trained object (`TrainedDecoder`, `TrainedShadow`) that
+the attack function decodes with. Building blocks stay in their modules: `priors.total_variation`,
+`mle_inversion.rmle_objective`, `gan.gradient_penalty`, `learned_inversion.query_dataset`, and the
+attacker's data of the papers' settings in `attacker_data`.
+"""
 
 from mijax.attacks.knowledge import BlackBox, QueryFree, WhiteBox
-from mijax.attacks.priors import total_variation
-from mijax.attacks.mle_inversion import RMLEConfig, rmle, rmle_objective
+from mijax.attacks.mle_inversion import RMLEConfig, rmle
+from mijax.attacks.learned_inversion import (InverseNetworkConfig, TrainedDecoder, inverse_network,
+                                             train_inverse_network)
+from mijax.attacks.shadow import ShadowConfig, TrainedShadow, he2019_shadow, shadow_attack, train_shadow
+from mijax.attacks.noise_aware_decoder import DecoderAttackConfig, decoder_attack, train_decoder_attack
+from mijax.attacks.gan import GanConfig, gan_finetune
 
-__all__ = ["BlackBox", "QueryFree", "WhiteBox", "total_variation", "RMLEConfig", "rmle", "rmle_objective"]
-
-from mijax.attacks.learned_inversion import (  # noqa: E402
-    InverseNetworkConfig,
-    TrainedDecoder,
-    attacker_images,
-    inverse_network,
-    noise_images,
-    query_dataset,
-    train_inverse_network,
-)
-from mijax.attacks.shadow import ShadowConfig, TrainedShadow, he2019_shadow, shadow_attack, train_shadow  # noqa: E402
-
-__all__ += ["InverseNetworkConfig", "TrainedDecoder", "attacker_images", "inverse_network", "noise_images",
-            "query_dataset", "train_inverse_network", "ShadowConfig", "TrainedShadow", "he2019_shadow",
-            "shadow_attack", "train_shadow"]
-
-from mijax.attacks.noise_aware_decoder import (  # noqa: E402
-    DecoderAttackConfig,
-    cem_attack_data,
-    decoder_attack,
-    train_decoder_attack,
-)
-from mijax.attacks.gan import GanConfig, gan_finetune, gradient_penalty  # noqa: E402
-
-__all__ += ["DecoderAttackConfig", "cem_attack_data", "decoder_attack", "train_decoder_attack",
-            "GanConfig", "gan_finetune", "gradient_penalty"]
+__all__ = ["BlackBox", "QueryFree", "WhiteBox", "RMLEConfig", "rmle", "InverseNetworkConfig", "TrainedDecoder",
+           "inverse_network", "train_inverse_network", "ShadowConfig", "TrainedShadow", "he2019_shadow",
+           "shadow_attack", "train_shadow", "DecoderAttackConfig", "decoder_attack", "train_decoder_attack",
+           "GanConfig", "gan_finetune"]

@@ -18,10 +18,10 @@ The step is one jitted pure function; the generator update sits under `lax.cond`
 counter, so vmapping over stacked models (`sweep=True`) keeps the branch (the counter is not batched).
 
 Example:
-    >>> dvars = train_decoder_attack(decoder, oracle, aux, key=k1)
+    >>> trained = train_decoder_attack(decoder, oracle, aux, key=k1)
     >>> critic = mijax.models.dgwgan32(image_shape=model.input_shape)
-    >>> gvars = gan_finetune(decoder, dvars, critic, oracle, aux, key=k2)
-    >>> x_hat = decoder_attack(decoder, gvars, z_tilde)
+    >>> tuned = gan_finetune(trained, critic, oracle, aux, key=k2)
+    >>> x_hat = decoder_attack(tuned, z_tilde)
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mijax.attacks.noise_aware_decoder import _stack, cosine_per_epoch, prepare_queries
 from mijax.attacks.knowledge import BlackBox
+from mijax.attacks.learned_inversion import TrainedDecoder
+from mijax.attacks.noise_aware_decoder import _stack, cosine_per_epoch, prepare_queries
 from mijax.nn import Pure, Variables
 from mijax.stacks import vmap_models
 from mijax.steps import descend
@@ -201,9 +202,9 @@ def make_gan_step(generator: Pure, critic: Pure, config: GanConfig, steps_per_ep
     return update
 
 
-def gan_finetune(generator: Pure, generator_variables: Variables, critic: Pure, oracle: BlackBox, aux_images, *,
+def gan_finetune(trained: TrainedDecoder, critic: Pure, oracle: BlackBox, aux_images, *,
                  config: GanConfig = GanConfig(), key: jax.Array, workdir: str | pathlib.Path | None = None,
-                 progress: bool = True, sweep: bool = False) -> Variables:
+                 progress: bool = True, sweep: bool = False) -> TrainedDecoder:
     """Fine-tunes a trained decoder attack as the generator of a WGAN-GP (`cem.md` §11).
 
     Each step queries `oracle` twice with a batch of `aux_images` (fresh keys: independent noise for
@@ -213,8 +214,8 @@ def gan_finetune(generator: Pure, generator_variables: Variables, critic: Pure, 
     is overwritten); here both choices are the caller's (`generator_variables`, `aux_images`).
 
     Args:
-        generator: the decoder `Pure` (e.g. `res_norm_decoder`), outputs in [0,1].
-        generator_variables: its trained variables (`train_decoder_attack`); with `sweep`, stacked.
+        trained: the decoder attack to fine-tune (`train_decoder_attack`; with `sweep`, stacked), its
+            network (e.g. `res_norm_decoder`, outputs in [0,1]) the generator.
         critic: the critic `Pure` (`mijax.models.dgwgan32`), initialised from `key`.
         oracle: the deployed edge, `query(x, key=k) -> z̃` (with `sweep`, a `BlackBox.stacked`).
         aux_images: `[num, height, width, channels]` in [0,1], the real images.
@@ -226,13 +227,17 @@ def gan_finetune(generator: Pure, generator_variables: Variables, critic: Pure, 
             one GAN per model (critics from the same initialisation), as one vmapped program.
 
     Returns:
-        The fine-tuned generator variables (with a leading model axis if `sweep`).
+        The fine-tuned `TrainedDecoder` (variables with a leading model axis if `sweep`).
 
     Raises:
-        TypeError: if a network is not a `Pure` or `oracle` not a `BlackBox`.
+        TypeError: if `trained` is not a `TrainedDecoder`, `critic` not a `Pure` or `oracle` not a
+            `BlackBox`.
         ValueError: on images of the wrong shape or range, mismatched networks, a batch larger than
             the data, or invalid settings.
     """
+    if not isinstance(trained, TrainedDecoder):
+        raise TypeError(f"expected a TrainedDecoder (train_decoder_attack), got {type(trained).__name__}")
+    generator, generator_variables = trained.decoder, trained.variables
     images, num_models = prepare_queries(generator, oracle, aux_images, config, sweep, name="generator")
     if not isinstance(critic, Pure):
         raise TypeError(f"expected critic as a mijax.nn.Pure, got {type(critic).__name__}")
@@ -282,4 +287,4 @@ def gan_finetune(generator: Pure, generator_variables: Variables, critic: Pure, 
     state = fit_loop(step, state, (images,), step_args=(oracle,), epochs=config.epochs,
                      batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      progress=progress, description="gan fine-tuning")
-    return state.generator
+    return TrainedDecoder(generator, state.generator, trained.normalization)

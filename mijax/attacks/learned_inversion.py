@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-from typing import Callable, NamedTuple
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +40,6 @@ from mijax.nn import Pure, Variables
 from mijax.optim import torch_amsgrad
 from mijax.steps import descend
 from mijax.train import TrainState, fit_loop
-
-ATTACKER_DATA = ("train", "auxiliary", "noise")
 
 
 def he2019_optimizer(learning_rate: float, *, eps: float, halve_every: int,
@@ -99,8 +97,13 @@ class InverseNetworkConfig:
                                 steps_per_epoch=steps_per_epoch)
 
 
-class TrainedDecoder(NamedTuple):
-    """A trained inverse network: what `inverse_network` needs to decode.
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["variables"],
+                   meta_fields=["decoder", "normalization"])
+@dataclasses.dataclass(frozen=True)
+class TrainedDecoder:
+    """A trained inverse network, what every learned decoder attack returns (`train_inverse_network`,
+    `train_decoder_attack`, `gan_finetune`). A pytree of its variables (stacked in sweeps: vmap
+    `decode` over them), the network and the target space static.
 
     Attributes:
         decoder: the network, `[batch, *feature] -> [batch, *image]`.
@@ -163,59 +166,6 @@ def query_dataset(knowledge: BlackBox, images, *, batch_size: int = 256,
         k = None if key is None else jax.random.fold_in(key, i)
         outputs.append(np.asarray(query(knowledge, chunk, k))[:size])
     return np.concatenate(outputs), images
-
-
-def noise_images(num: int, input_shape, *, key: jax.Array,
-                 normalization: Normalization | None = None) -> np.ndarray:
-    """N(0,1) query images mapped to the valid input range (He et al.'s "random noise" attacker).
-
-    The draws live in the edge's normalised input space, as the paper's model inputs do: each is
-    de-normalised with `normalization` and clipped to [0,1]. With `normalization=None` they are
-    drawn in pixel space and clipped.
-
-    Returns:
-        float32 `[num, *input_shape]` in [0,1].
-    """
-    if num < 1 or len(tuple(input_shape)) != 3:
-        raise ValueError(f"expected num >= 1 and input_shape (height, width, channels), got {num}, "
-                         f"{tuple(input_shape)}")
-    u = jax.random.normal(key, (num, *input_shape))
-    x = u if normalization is None else normalization.denormalize(u)
-    return np.asarray(jnp.clip(x, 0.0, 1.0), np.float32)
-
-
-def attacker_images(setting: str, *, train_images=None, auxiliary_images=None, num: int | None = None,
-                    input_shape=None, normalization: Normalization | None = None,
-                    key: jax.Array | None = None) -> np.ndarray:
-    """The attacker's query images in one of He et al.'s three settings (ACSAC 2019 Table 4).
-
-    Args:
-        setting: "train" (the victim's training set: `train_images`), "auxiliary" (other data of the
-            same distribution: `auxiliary_images`, e.g. the test set without the targets; see
-            `mijax.data.loading`) or "noise" (`num` N(0,1) images, see `noise_images`).
-        train_images, auxiliary_images: `[num, height, width, channels]` in [0,1].
-        num: how many images to use (default: all; required for "noise").
-        input_shape: `(height, width, channels)` for "noise".
-        normalization: the space of the noise draws (see `noise_images`).
-        key: PRNG key for "noise".
-
-    Returns:
-        float32 `[num, height, width, channels]` in [0,1].
-
-    Raises:
-        ValueError: unknown setting, or the images/arguments the setting needs are missing.
-    """
-    if setting not in ATTACKER_DATA:
-        raise ValueError(f"expected setting in {ATTACKER_DATA}, got {setting!r}")
-    if setting == "noise":
-        if num is None or input_shape is None or key is None:
-            raise ValueError("the 'noise' setting needs num, input_shape and key")
-        return noise_images(num, input_shape, key=key, normalization=normalization)
-    name = "train_images" if setting == "train" else "auxiliary_images"
-    images = train_images if setting == "train" else auxiliary_images
-    if images is None:
-        raise ValueError(f"the {setting!r} setting needs {name}")
-    return _check_images(images, name)[:num]
 
 
 def check_decoder(decoder: Pure, feature_shape, image_shape, name: str = "the decoder") -> None:

@@ -19,30 +19,27 @@ Example:
     >>> oracle = BlackBox.from_model(model, variables, defense=defenses.gaussian_noise(sigma=0.05))
     >>> aux, targets = cem_attack_data("inference-time", train=train, test=test)
     >>> decoder = res_norm_decoder(feature_shape=model.feature_shape(), image_shape=model.input_shape)
-    >>> dvars = train_decoder_attack(decoder, oracle, aux.images, key=jax.random.key(200))
-    >>> x_hat = decoder_attack(decoder, dvars, oracle.query(targets.images[:256], key=k))
+    >>> trained = train_decoder_attack(decoder, oracle, aux.images, key=jax.random.key(200))
+    >>> x_hat = decoder_attack(trained, oracle.query(targets.images[:256], key=k))
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mijax.attacks.learned_inversion import check_decoder
 from mijax.attacks.knowledge import BlackBox
-from mijax.data.loading import Dataset
-from mijax.nn import Pure, Variables
+from mijax.attacks.learned_inversion import TrainedDecoder, check_decoder
+from mijax.nn import Pure
 from mijax.stacks import map_models
 from mijax.steps import descend
 from mijax.train import TrainState, fit_loop
-
-SETTINGS = ("training-time", "inference-time")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -173,7 +170,7 @@ def prepare_queries(decoder: Pure, oracle: BlackBox, aux_images, config, sweep: 
 def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
                          config: DecoderAttackConfig = DecoderAttackConfig(), key: jax.Array,
                          workdir: str | pathlib.Path | None = None, progress: bool = True,
-                         sweep: bool = False) -> Variables:
+                         sweep: bool = False) -> TrainedDecoder:
     """Trains CEM's noise-aware decoder on fresh queries of the oracle (`cem.md` §11).
 
     Each step queries `oracle` with a batch of `aux_images` (a fresh key per step, so a noisy oracle
@@ -194,7 +191,7 @@ def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
             one decoder per model is trained, all from the same initialisation, as one vmapped program.
 
     Returns:
-        The final decoder variables (with a leading model axis if `sweep`).
+        The `TrainedDecoder` (its variables with a leading model axis if `sweep`).
 
     Raises:
         TypeError: if `decoder` is not a `Pure` or `oracle` not a `BlackBox`.
@@ -220,57 +217,31 @@ def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
     state = fit_loop(step, jax.jit(init)(), (images,), step_args=(oracle,), epochs=config.epochs,
                      batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      progress=progress, description="decoder attack")
-    return state.variables
+    return TrainedDecoder(decoder, state.variables)
 
 
-def decoder_attack(decoder: Pure, variables: Variables, z_observed: jax.typing.ArrayLike) -> jax.Array:
+def decoder_attack(trained: TrainedDecoder, z_observed: jax.typing.ArrayLike) -> jax.Array:
     """Reconstructs images from observed features with a trained decoder: `x̂ = clip(d_ψ(z̃), 0, 1)`.
 
-    Pure and jittable (eval mode); vmap it over stacked `variables` and `z_observed` for a sweep.
+    Pure and jittable (eval mode); vmap it over a sweep's stacked `trained` and `z_observed`.
     Large sets: call it per batch (or `jax.lax.map` over chunks).
 
     Args:
-        decoder: the decoder `Pure`.
-        variables: its trained variables (`train_decoder_attack`).
+        trained: the trained decoder (`train_decoder_attack`, `gan_finetune`).
         z_observed: `[batch, ...]` transmitted features z̃.
 
     Returns:
         `x_hat` `[batch, height, width, channels]` in [0,1].
 
     Raises:
+        TypeError: if `trained` is not a `TrainedDecoder`.
         ValueError: if `z_observed` has no batch axis.
     """
+    if not isinstance(trained, TrainedDecoder):
+        raise TypeError(f"expected a TrainedDecoder (train_decoder_attack), got {type(trained).__name__}")
     z_observed = jnp.asarray(z_observed)
     if z_observed.ndim < 2:
         raise ValueError(f"expected z_observed of shape [batch, ...], got {z_observed.shape}")
-    out, _ = decoder.apply(variables, z_observed)
-    return jnp.clip(out, 0.0, 1.0)
+    return trained.decode(z_observed)
 
 
-def cem_attack_data(setting: str, *, train: Dataset | None = None, test: Dataset) -> tuple[Dataset, Dataset]:
-    """The attacker's auxiliary data and the targets in CEM's two settings (`cem.md` §3).
-
-    - "training-time": auxiliary = the whole private training set; targets = the whole test set.
-    - "inference-time": auxiliary = the first 90% of the test set; targets = the last 10%
-      (test images 0–8999 / 9000–9999 on CIFAR; the boundary rounds as tfds's `test[:90%]` does).
-
-    Args:
-        setting: "training-time" or "inference-time".
-        train: the training split (needed for "training-time").
-        test: the test split.
-
-    Returns:
-        `(auxiliary, targets)` as `mijax.data.Dataset`s (labels kept, for attack accuracy).
-
-    Raises:
-        ValueError: on an unknown setting or a missing split.
-    """
-    if setting not in SETTINGS:
-        raise ValueError(f"expected setting in {SETTINGS}, got {setting!r}")
-    if setting == "training-time":
-        if train is None:
-            raise ValueError("the 'training-time' setting needs train (the auxiliary data)")
-        return train, test
-    cut = round(len(test.labels) * 90 / 100)  # tfds: round(percent · n / 100)
-    split = lambda s: test._replace(images=test.images[s], labels=test.labels[s])
-    return split(slice(None, cut)), split(slice(cut, None))

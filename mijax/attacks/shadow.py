@@ -27,15 +27,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mijax.attacks.learned_inversion import check_he2019_schedule, he2019_optimizer
 from mijax.attacks.knowledge import PureProgram, QueryFree, WhiteBox
+from mijax.attacks.learned_inversion import check_he2019_schedule, he2019_optimizer
 from mijax.attacks.mle_inversion import RMLEConfig, rmle
 from mijax.data.transforms import Normalization
 from mijax.nn import Conv2d, Layer, Pure, Sequential, Variables, max_pool, pure
@@ -75,7 +74,10 @@ class ShadowConfig:
         self.inversion.validate()
 
 
-class TrainedShadow(NamedTuple):
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["variables"],
+                   meta_fields=["edge", "normalization", "input_shape"])
+@dataclasses.dataclass(frozen=True)
+class TrainedShadow:
     """A shadow edge trained through the cloud: a white-box stand-in for the victim's edge.
 
     Attributes:

@@ -5,17 +5,9 @@ import optax
 import pytest
 
 from mijax import data, defenses, metrics
-from mijax.attacks import (
-    BlackBox,
-    DecoderAttackConfig,
-    cem_attack_data,
-    decoder_attack,
-    train_decoder_attack,
-)
-from mijax.attacks.noise_aware_decoder import (
-    cosine_per_epoch,
-    decoder_attack_optimizer,
-)
+from mijax.attacks import BlackBox, DecoderAttackConfig, TrainedDecoder, decoder_attack, train_decoder_attack
+from mijax.attacks.attacker_data import cem_attack_data
+from mijax.attacks.noise_aware_decoder import cosine_per_epoch, decoder_attack_optimizer
 from mijax.models import digits_cnn, res_norm_decoder
 from mijax.train import fit
 
@@ -44,15 +36,15 @@ def victim():
     aux, targets = cem_attack_data("training-time", train=train, test=test)
     noise = defenses.gaussian_noise(sigma=SIGMA)
     oracle = BlackBox.from_model(model, state.variables, defense=noise)
-    variables = train_decoder_attack(_decoder(model), oracle, aux.images, config=CONFIG, key=_key(1),
-                                     progress=False)
-    return model, state.variables, noise, oracle, aux, targets, variables
+    trained = train_decoder_attack(_decoder(model), oracle, aux.images, config=CONFIG, key=_key(1),
+                                   progress=False)
+    return model, state.variables, noise, oracle, aux, targets, trained
 
 
 def test_noise_aware_decoder_beats_the_mean_image(victim):
-    model, _, _, oracle, aux, targets, variables = victim
+    model, _, _, oracle, aux, targets, trained = victim
     z = oracle.query(targets.images, key=_key(2))
-    x_hat = np.asarray(jax.jit(lambda v, z: decoder_attack(_decoder(model), v, z))(variables, z))
+    x_hat = np.asarray(jax.jit(decoder_attack)(trained, z))
     assert x_hat.shape == targets.images.shape and x_hat.min() >= 0 and x_hat.max() <= 1
     mse = float(np.mean(metrics.mse(x_hat, targets.images)))
     baseline = float(np.mean(metrics.mse(np.broadcast_to(aux.images.mean(0), targets.images.shape),
@@ -69,9 +61,8 @@ def test_sweep_over_stacked_encoders_matches_the_single_run(victim):
     stacked = train_decoder_attack(_decoder(model), oracle, aux.images, config=CONFIG, key=_key(1),
                                    progress=False, sweep=True)
     z = oracle.query(targets.images[:32], key=_key(2))
-    decode = jax.vmap(lambda v, z: decoder_attack(_decoder(model), v, z))
-    x_hat = np.asarray(decode(stacked, z))
-    x_single = np.asarray(decoder_attack(_decoder(model), single, z[0]))
+    x_hat = np.asarray(jax.vmap(decoder_attack)(stacked, z))
+    x_single = np.asarray(decoder_attack(single, z[0]))
     np.testing.assert_allclose(x_hat[0], x_single, atol=1e-2)   # vmapped convs round differently
     assert np.mean(np.abs(x_hat[0] - x_single)) < 1e-3
     assert np.mean(np.abs(x_hat[1] - x_hat[0])) > 1e-2   # the other encoder got its own decoder
@@ -143,4 +134,6 @@ def test_bad_inputs_raise():
     with pytest.raises(TypeError, match="BlackBox"):
         train_decoder_attack(decoder, oracle.query, images, config=small, key=_key(0))
     with pytest.raises(ValueError, match="z_observed"):
-        decoder_attack(decoder, decoder.init(_key(0)), jnp.ones((4,)))
+        decoder_attack(TrainedDecoder(decoder, decoder.init(_key(0))), jnp.ones((4,)))
+    with pytest.raises(TypeError, match="TrainedDecoder"):
+        decoder_attack(decoder, jnp.ones((4, 2, 2, 1)))

@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mijax.attacks import BlackBox, GanConfig, gan_finetune, gradient_penalty
-from mijax.attacks.gan import GanState, _adam_direction, make_gan_step
+from mijax.attacks import BlackBox, GanConfig, TrainedDecoder, gan_finetune
+from mijax.attacks.gan import GanState, _adam_direction, gradient_penalty, make_gan_step
 from mijax.models import dgwgan32, res_norm_decoder
 from mijax.models.critics import InstanceNorm
 from mijax.nn import pure
@@ -139,33 +139,37 @@ def test_finetune_sweeps_over_stacked_models_and_keeps_the_callers_variables():
     stacked = jax.vmap(generator.init)(jax.random.split(_key(7), 2))
     images = np.asarray(jax.random.uniform(_key(8), (16, *IMAGE)))
     config = GanConfig(epochs=1, batch_size=4, n_critic=2)
-    tuned = gan_finetune(generator, stacked, critic, oracle, images, config=config, key=_key(9), progress=False,
-                         sweep=True)
+    tuned = gan_finetune(TrainedDecoder(generator, stacked), critic, oracle, images, config=config, key=_key(9),
+                         progress=False, sweep=True)
+    assert isinstance(tuned, TrainedDecoder) and tuned.decoder is generator
+    tuned = tuned.variables
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tuned))
     assert jax.tree.map(jnp.shape, tuned) == jax.tree.map(jnp.shape, stacked)
     for m in range(2):
         assert _changed(jax.tree.map(lambda t: t[m], tuned["params"]), jax.tree.map(lambda t: t[m], stacked["params"]))
     np.asarray(stacked["params"]["block0"]["conv1"]["conv"]["kernel"])   # not donated away
     with pytest.raises(ValueError, match="stacked"):
-        gan_finetune(generator, generator.init(_key(0)), critic, oracle, images, config=config, key=_key(9),
-                     sweep=True)
+        gan_finetune(TrainedDecoder(generator, generator.init(_key(0))), critic, oracle, images, config=config,
+                     key=_key(9), sweep=True)
 
 
 def test_finetune_rejects_bad_inputs():
     generator, critic = _networks()
     oracle = BlackBox(lambda _, x, key: jnp.zeros((len(x), *FEATURE)), input_shape=IMAGE)
-    variables = generator.init(_key(0))
+    trained = TrainedDecoder(generator, generator.init(_key(0)))
     images = np.full((8, *IMAGE), 0.5, np.float32)
     config = GanConfig(epochs=1, batch_size=4)
     with pytest.raises(ValueError, match="n_critic"):
-        gan_finetune(generator, variables, critic, oracle, images, config=GanConfig(n_critic=0), key=_key(0))
+        gan_finetune(trained, critic, oracle, images, config=GanConfig(n_critic=0), key=_key(0))
     with pytest.raises(ValueError, match="batch_size"):
-        gan_finetune(generator, variables, critic, oracle, images, config=GanConfig(batch_size=9), key=_key(0))
+        gan_finetune(trained, critic, oracle, images, config=GanConfig(batch_size=9), key=_key(0))
     with pytest.raises(ValueError, match="critic"):
-        gan_finetune(generator, variables, dgwgan32(image_shape=(32, 32, 1)), oracle, images, config=config,
+        gan_finetune(trained, dgwgan32(image_shape=(32, 32, 1)), oracle, images, config=config,
                      key=_key(0))
     with pytest.raises(ValueError, match="generator_variables"):
-        gan_finetune(generator, {"params": {}, "batch_stats": {}}, critic, oracle, images, config=config,
-                     key=_key(0))
+        gan_finetune(TrainedDecoder(generator, {"params": {}, "batch_stats": {}}), critic, oracle, images,
+                     config=config, key=_key(0))
+    with pytest.raises(TypeError, match="TrainedDecoder"):
+        gan_finetune(generator, critic, oracle, images, config=config, key=_key(0))
     with pytest.raises(ValueError, match="aux_images"):
-        gan_finetune(generator, variables, critic, oracle, images[..., :4, :], config=config, key=_key(0))
+        gan_finetune(trained, critic, oracle, images[..., :4, :], config=config, key=_key(0))

@@ -7,18 +7,9 @@ import numpy as np
 import pytest
 
 from mijax import data, defenses, metrics
-from mijax.attacks import (
-    BlackBox,
-    InverseNetworkConfig,
-    TrainedDecoder,
-    WhiteBox,
-    attacker_images,
-    inverse_network,
-    noise_images,
-    query_dataset,
-    train_inverse_network,
-)
-from mijax.attacks.learned_inversion import he2019_optimizer
+from mijax.attacks import BlackBox, InverseNetworkConfig, TrainedDecoder, WhiteBox, inverse_network, train_inverse_network
+from mijax.attacks.attacker_data import attacker_images, noise_images
+from mijax.attacks.learned_inversion import he2019_optimizer, query_dataset
 from mijax.data.transforms import MNIST_HALF
 from mijax.models import decoder_for, he2019_decoder, lenet
 from mijax.nn import Layer, Linear, Sequential, pure

@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from mijax.attacks import total_variation
+from mijax.attacks.priors import total_variation
 from mijax.optim import torch_amsgrad
 
 

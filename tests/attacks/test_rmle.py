@@ -5,7 +5,8 @@ import optax
 import pytest
 
 from mijax import data, metrics
-from mijax.attacks import RMLEConfig, WhiteBox, rmle, rmle_objective
+from mijax.attacks import RMLEConfig, WhiteBox, rmle
+from mijax.attacks.mle_inversion import rmle_objective
 from mijax.data.transforms import Normalization
 from mijax.models import cifar10cnn, lenet
 from mijax.optim import torch_amsgrad
