@@ -4,12 +4,14 @@
     >>> from mijax.attacks import WhiteBox, rmle
 
 Submodules: `models` (split target networks), `data` (TF-free datasets), `defenses`, `attacks`,
-`train` (fit loop with checkpoints), `metrics`, `report`.
+`pipeline` (the deployed forward pass), `train` (fit loop with checkpoints), `losses` (task losses),
+`metrics`, `report`. `docs/architecture.md` of the repository explains how they fit together.
 """
 
-from mijax import attacks, data, defenses, metrics, models, report, train
+from mijax import attacks, data, defenses, losses, metrics, models, pipeline, report, train
 from mijax.split import SplitModel
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["SplitModel", "attacks", "data", "defenses", "metrics", "models", "report", "train"]
+__all__ = ["SplitModel", "attacks", "data", "defenses", "losses", "metrics", "models", "pipeline", "report",
+           "train"]

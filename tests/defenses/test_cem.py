@@ -196,7 +196,11 @@ def test_defense_first_epoch_has_no_term_and_fit_integrates():
     z = model.edge_apply(state.variables, images[:12])[0]
     inputs = LossInputs(None, jnp.asarray(labels[:12]), z, None, None)
     assert float(defense.loss(defense.init(), inputs)) == 0.0  # not fitted yet: no term
-    assert float(defense.loss(state.defense_state, inputs)) > 0.0
+    fitted = defense.loss(state.defense_state, inputs)   # λ·L_CEM with the epoch's mixture
+    want = 8.0 * defenses.cem_loss(z, jnp.asarray(labels[:12]), cem_state["mixture"], sigma=0.05,
+                                   samples_per_class=16.0)
+    assert float(fitted) > 0.0
+    np.testing.assert_allclose(fitted, want, rtol=1e-5)
 
 
 def test_sigma_zero_with_lambda_is_rejected():
