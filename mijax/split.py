@@ -104,9 +104,10 @@ class SplitModel:
         """Only the client tail's variables (the combiner and the last layers): kept by the client."""
         return self.network.subset(variables, self.tail_names)
 
-    def defense_spec(self, *, examples_per_epoch: int | None = None) -> DefenseSpec:
+    def defense_spec(self, *, examples_per_epoch: int | None = None, sample=None) -> DefenseSpec:
         """What `Defense.init(key, spec)` needs to know about this model (and the run's data)."""
-        return DefenseSpec(tuple(self.input_shape), self.feature_shape(), self.num_classes, examples_per_epoch)
+        return DefenseSpec(tuple(self.input_shape), self.feature_shape(), self.num_classes, examples_per_epoch,
+                           sample)
 
     def check_images(self, x) -> None:
         """Raises `ValueError` unless `x` has shape `[batch, *input_shape]`."""

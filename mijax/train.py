@@ -358,7 +358,8 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
     if defense_state is None:
         if sweep:
             raise ValueError("expected a stacked defense_state with sweep (see mijax.defenses.stack), got None")
-        spec = model.defense_spec(examples_per_epoch=len(images) // batch_size * batch_size)
+        spec = model.defense_spec(examples_per_epoch=len(images) // batch_size * batch_size,
+                                  sample=images[:batch_size])
         defense_state = defense.init(jax.random.fold_in(init_key, 1), spec)
 
     def init(defense_state, variables):

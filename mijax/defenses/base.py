@@ -34,12 +34,15 @@ class DefenseSpec(NamedTuple):
         feature_shape: shape of one clean edge output z.
         num_classes: number of classes.
         examples_per_epoch: training examples a `fit` epoch visits (the last partial batch dropped).
+        sample: the first training batch of images, `[batch, *input_shape]` in [0, 1] (host array;
+            for defenses that size or calibrate themselves on data).
     """
 
     input_shape: tuple[int, ...]
     feature_shape: tuple[int, ...]
     num_classes: int
     examples_per_epoch: int | None = None
+    sample: Any = None
 
 
 class Trainable(NamedTuple):
