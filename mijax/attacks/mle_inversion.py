@@ -26,6 +26,7 @@ from mijax import checks
 from mijax.attacks.knowledge import WhiteBox
 from mijax.attacks.priors import total_variation
 from mijax.optim import torch_amsgrad
+from mijax.steps import descend
 
 
 @struct.dataclass(frozen=True, kw_only=True)
@@ -150,10 +151,8 @@ def rmle(knowledge: WhiteBox, z_observed: jax.Array, *, config: RMLEConfig = RML
     optimizer = _optimizer(config)
 
     def step(carry, _):
-        u, opt_state = carry
-        grads = jax.grad(lambda u: jnp.sum(objective(u)))(u)
-        updates, opt_state = optimizer.update(grads, opt_state, u)
-        return (optax.apply_updates(u, updates), opt_state), None
+        u, opt_state, _, _ = descend(lambda u: (jnp.sum(objective(u)), None), optimizer, *carry)
+        return (u, opt_state), None
 
     (u, _), _ = jax.lax.scan(step, (u0, optimizer.init(u0)), None, length=config.num_steps)
     x_hat = jnp.clip(to_pixels(u), 0.0, 1.0)
