@@ -83,8 +83,8 @@ class SplitModel:
         return dataclasses.replace(self, cut=cut)
 
     def init(self, key: jax.Array) -> Variables:
-        """Variables of the whole network; with `members > 1` the cloud layers' carry a member axis
-        (member m initialised from `fold_in(key, m)`)."""
+        """Variables of the whole network; with `members > 1` the cloud layers' variables carry a
+        member axis (member m initialised from `fold_in(key, m)`)."""
         variables = self.network.init(key)
         if self.members == 1:
             return variables
