@@ -23,9 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from mijax import checks, losses
+from mijax import mesh as meshes
 from mijax.checkpoint import Checkpointer
 from mijax.defenses.base import Defense, LossInputs, identity, trainable_part, with_trainable
 from mijax.nn import Variables
@@ -111,7 +113,7 @@ def make_train_step(model: SplitModel, optimizer: optax.GradientTransformation,
 
 def predict(model: SplitModel, variables: Variables, images, *, defense: Defense | None = None,
             defense_state: Any = None, key: jax.Array, batch_size: int = 256,
-            sweep: bool | str = False) -> np.ndarray:
+            sweep: bool | str = False, mesh: Mesh | None = None) -> np.ndarray:
     """Logits `h(g(T(f(x))))` in eval mode for all `images` ([num_models, N, classes] if `sweep`).
 
     The defense is active as deployed: fresh noise per batch from `key` (`mijax.pipeline.run`).
@@ -121,6 +123,7 @@ def predict(model: SplitModel, variables: Variables, images, *, defense: Defense
             (not for sweeps).
         sweep: False; True (or "all") when `variables` and `defense_state` carry a leading model
             axis; "defense" when only `defense_state` does (one model, many defense settings).
+        mesh: split each batch over the mesh's `data` axis (`mijax.mesh`).
     """
     defense = defense or identity()
     if defense_state is None:
@@ -149,32 +152,43 @@ def predict(model: SplitModel, variables: Variables, images, *, defense: Defense
         size = len(chunk)
         if size < batch_size:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - size, 0)])
-        out = np.asarray(logits_fn(variables, defense_state, chunk, jax.random.fold_in(key, start)))
+        out = np.asarray(logits_fn(variables, defense_state, _on_mesh(chunk, mesh),
+                                   _on_mesh(jax.random.fold_in(key, start), mesh)))
         outputs.append(out[..., :size, :])
     return np.concatenate(outputs, axis=-2)
 
 
 def evaluate(model: SplitModel, variables: Variables, images, labels, *, defense: Defense | None = None,
              defense_state: Any = None, key: jax.Array, batch_size: int = 256,
-             sweep: bool | str = False) -> np.ndarray:
+             sweep: bool | str = False, mesh: Mesh | None = None) -> np.ndarray:
     """Top-1 accuracy of the deployed pipeline (a scalar, or `[num_models]` if `sweep`; see `predict`)."""
     labels = np.asarray(labels)
     if labels.shape != (len(images),):
         raise ValueError(f"expected labels of shape [{len(images)}] matching images, got {labels.shape}")
     checks.class_labels("labels", labels, model.num_classes)
     logits = predict(model, variables, images, defense=defense, defense_state=defense_state, key=key,
-                     batch_size=batch_size, sweep=sweep)
+                     batch_size=batch_size, sweep=sweep, mesh=mesh)
     return np.mean(np.argmax(logits, -1) == np.asarray(labels), axis=-1)
 
 
 def features(model: SplitModel, variables: Variables, images, *, batch_size: int = 256,
-             sweep: bool = False) -> np.ndarray:
-    """Clean eval-mode edge features `f(x)` for all `images` ([num_models, N, ...] if `sweep`)."""
+             sweep: bool = False, mesh: Mesh | None = None) -> np.ndarray:
+    """Clean eval-mode edge features `f(x)` for all `images` ([num_models, N, ...] if `sweep`);
+    with `mesh`, each batch split over its `data` axis."""
     fn = _edge_program(model, sweep)
     images = np.asarray(images)
     axis = 1 if sweep else 0
-    return np.concatenate([np.asarray(fn(variables, images[s:s + batch_size]))
+    return np.concatenate([np.asarray(fn(variables, _on_mesh(images[s:s + batch_size], mesh)))
                            for s in range(0, len(images), batch_size)], axis=axis)
+
+
+def _on_mesh(batch, mesh: Mesh | None, *, split: bool = True):
+    """A host batch as the mesh wants it: split over `data` when it divides evenly, else replicated."""
+    if mesh is None:
+        return batch
+    if split and np.ndim(batch) and len(batch) % mesh.shape["data"] == 0:
+        return meshes.shard(batch, mesh)
+    return meshes.replicate(batch, mesh)
 
 
 def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epochs: int,
@@ -182,7 +196,8 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
              workdir: str | pathlib.Path | None = None, checkpoint_every: int | None = None,
              epoch_end: Callable[[Any, int], Any] | None = None,
              callback: Callable[[int, Any], None] | None = None, steps_per_dispatch: int = 16,
-             progress: bool = True, description: str = "train") -> Any:
+             progress: bool = True, description: str = "train", mesh: Mesh | None = None,
+             stacked: bool = False) -> Any:
     """The generic training loop: batches, per-step keys, progress bar, checkpoints and resume.
 
     Batches are drawn without replacement from a permutation per epoch derived from `key`, and step
@@ -211,6 +226,10 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
         steps_per_dispatch: steps per compiled call (1 dispatches every step).
         progress: show a progress bar.
         description: the progress bar's label.
+        mesh: run on this device mesh (`mijax.mesh`): each batch split over its `data` axis, the
+            state replicated, or with `stacked` its leading model axis split over `model`. The data
+            and `step_args` are replicated. Checkpoints restore onto the current mesh.
+        stacked: the state carries a leading model axis (a sweep).
 
     Returns:
         The final state.
@@ -228,12 +247,25 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
     if workdir:
         _check_same_run(pathlib.Path(workdir), state, arrays, batch_size=batch_size, key=key)
         checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints")
+    if mesh is not None:
+        if batch_size % mesh.shape["data"]:
+            raise ValueError(f"expected batch_size divisible by the mesh's data axis ({mesh.shape['data']}), "
+                             f"got {batch_size}")
+        models = {np.shape(leaf)[0] for leaf in jax.tree.leaves(state) if np.ndim(leaf)} if stacked else set()
+        if stacked and (len(models) != 1 or models.pop() % mesh.shape["model"]):
+            raise ValueError(f"expected a stacked state whose number of models divides evenly over the mesh's "
+                             f"model axis ({mesh.shape['model']})")
+        state = meshes.shard(state, mesh, meshes.stacked_sharding(mesh)) if stacked else meshes.replicate(state, mesh)
+        step_args = meshes.replicate(step_args, mesh)
+        device_arrays = meshes.replicate(tuple(np.asarray(a) for a in arrays), mesh)
+    else:
+        device_arrays = tuple(jnp.asarray(a) for a in arrays)
     start = 0
     if checkpointer and checkpointer.latest_step() is not None:
         start = checkpointer.latest_step()
-        state = checkpointer.restore(state)
-    run = scan_steps(step)
-    device_arrays = tuple(jnp.asarray(a) for a in arrays)
+        state = checkpointer.restore(state)  # onto the shardings of `state`: the current mesh
+    run = scan_steps(step, mesh=mesh)
+    place = (lambda x: x) if mesh is None else (lambda x: meshes.replicate(x, mesh))
     bar = tqdm(total=total, initial=start, desc=description, disable=not progress, leave=False)
     try:
         order_epoch, order, t = None, None, start
@@ -245,7 +277,7 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
             next_checkpoint = (t // checkpoint_every + 1) * checkpoint_every
             count = min(steps_per_dispatch, steps_per_epoch - index, next_checkpoint - t, total - t)
             rows = order[index * batch_size:(index + count) * batch_size].reshape(count, batch_size)
-            state, metrics = run(state, device_arrays, rows, step_key, np.int32(t), step_args)
+            state, metrics = run(state, device_arrays, place(rows), place(step_key), place(np.int32(t)), step_args)
             t += count
             if epoch_end is not None and index + count == steps_per_epoch:
                 state = epoch_end(state, epoch)
@@ -289,16 +321,20 @@ def _check_same_run(workdir: pathlib.Path, state, arrays, *, batch_size: int, ke
                              f"{', '.join(differing)} differ; pass another workdir or delete this one")
         return
     workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run))
+    partial = path.with_name(f"run.json.{jax.process_index()}")  # processes of one run write the same
+    partial.write_text(json.dumps(run))
+    partial.replace(path)
 
 
-def scan_steps(step: Callable) -> Callable:
-    """`run(state, arrays, rows [count, batch], key, first_step, step_args)`: `count` steps in a scan."""
+def scan_steps(step: Callable, *, mesh: Mesh | None = None) -> Callable:
+    """`run(state, arrays, rows [count, batch], key, first_step, step_args)`: `count` steps in a scan.
+
+    With `mesh`, each gathered batch is split over the mesh's `data` axis."""
 
     def run(state, arrays, rows, key, first_step, step_args):
         def body(state, xs):
             t, batch_rows = xs
-            batch = tuple(a[batch_rows] for a in arrays)
+            batch = meshes.constrain_batch(tuple(a[batch_rows] for a in arrays), mesh)
             return step(state, *batch, jax.random.fold_in(key, t), *step_args)
 
         steps = first_step + jnp.arange(rows.shape[0], dtype=jnp.int32)
@@ -310,7 +346,7 @@ def scan_steps(step: Callable) -> Callable:
 def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransformation, epochs: int,
         batch_size: int, key: jax.Array, defense: Defense | None = None, defense_state: Any = None,
         sweep: bool = False, augment: Callable | None = None, task_loss: losses.TaskLoss = losses.cross_entropy,
-        variables: Variables | None = None, workdir: str | pathlib.Path | None = None,
+        variables: Variables | None = None, mesh: Mesh | None = None, workdir: str | pathlib.Path | None = None,
         checkpoint_every: int | None = None, callback: Callable[[int, TrainState], None] | None = None,
         steps_per_dispatch: int = 16, progress: bool = True, description: str = "train") -> TrainState:
     """Trains a split model with a defense; checkpoints to `workdir` and resumes from it on rerun.
@@ -334,6 +370,9 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
         variables: start from these (a previous stage's, with a leading model axis for a sweep)
             instead of `model.init`; with `mijax.optim.freeze` this is staged training, one
             `workdir` per stage.
+        mesh: train on this device mesh (`mijax.mesh.make_mesh`): batches split over `data`; a
+            sweep's models split over `model` (their number must divide evenly). Batch-level terms
+            (BatchNorm statistics, CEM's segment sums, dCor) are computed over the global batch.
         workdir, checkpoint_every, callback, steps_per_dispatch, progress, description: see
             `fit_loop`.
 
@@ -367,22 +406,27 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
 
     step = make_train_step(model, optimizer, defense, augment=augment, task_loss=task_loss)
     if sweep:
-        init, step = jax.vmap(init, (0, None if variables is None else 0)), map_models(step, (0, None, None, None))
+        # models split over a mesh's model axis run side by side (vmap), not one after another
+        mode = "vmap" if mesh is not None and mesh.shape["model"] > 1 else None
+        init = jax.vmap(init, (0, None if variables is None else 0))
+        step = map_models(step, (0, None, None, None), mode=mode)
     epoch_end = None
     if defense.epoch_update is not None:
         def epoch_end(state, epoch):
             return _epoch_update(model, defense, state, images, labels,
-                                 jax.random.fold_in(epoch_key, epoch), sweep)
+                                 jax.random.fold_in(epoch_key, epoch), sweep, mesh)
     return fit_loop(step, jax.jit(init)(defense_state, variables), (images, labels),
                     epochs=epochs, batch_size=batch_size, key=loop_key, workdir=workdir,
                     checkpoint_every=checkpoint_every, epoch_end=epoch_end, callback=callback,
-                    steps_per_dispatch=steps_per_dispatch, progress=progress, description=description)
+                    steps_per_dispatch=steps_per_dispatch, progress=progress, description=description,
+                    mesh=mesh, stacked=sweep)
 
 
-def _epoch_update(model, defense, state, images, labels, key, sweep):
-    feats = features(model, state.variables, images, sweep=sweep)
+def _epoch_update(model, defense, state, images, labels, key, sweep, mesh=None):
+    feats = features(model, state.variables, images, sweep=sweep, mesh=mesh)
     update = _epoch_update_program(defense.epoch_update, sweep)
-    return state._replace(defense_state=update(state.defense_state, feats, labels, key))
+    put = lambda x: _on_mesh(x, mesh, split=False)
+    return state._replace(defense_state=update(state.defense_state, put(feats), put(labels), put(key)))
 
 
 # Compiled once per model / defense: `fit` calls them after every epoch.

@@ -204,7 +204,7 @@ def make_gan_step(generator: Pure, critic: Pure, config: GanConfig, steps_per_ep
 
 def gan_finetune(trained: TrainedDecoder, critic: Pure, oracle: BlackBox, aux_images, *,
                  config: GanConfig = GanConfig(), key: jax.Array, workdir: str | pathlib.Path | None = None,
-                 progress: bool = True, sweep: bool = False) -> TrainedDecoder:
+                 progress: bool = True, sweep: bool = False, mesh=None) -> TrainedDecoder:
     """Fine-tunes a trained decoder attack as the generator of a WGAN-GP (`cem.md` §11).
 
     Each step queries `oracle` twice with a batch of `aux_images` (fresh keys: independent noise for
@@ -223,6 +223,8 @@ def gan_finetune(trained: TrainedDecoder, critic: Pure, oracle: BlackBox, aux_im
         key: PRNG key (critic initialisation, batch order, queries, penalties).
         workdir: checkpoint folder (None: no checkpoints).
         progress: show a progress bar.
+        mesh: train on this device mesh (`mijax.mesh`): batches split over `data`, a sweep's models
+            over `model`.
         sweep: stacked oracle features `[num_models, batch, ...]` and stacked `generator_variables`;
             one GAN per model (critics from the same initialisation), as one vmapped program.
 
@@ -284,7 +286,8 @@ def gan_finetune(trained: TrainedDecoder, critic: Pure, oracle: BlackBox, aux_im
 
     # a copy: the loop donates its state, and jit would forward the caller's arrays into it
     state = jax.jit(init)(jax.tree.map(lambda a: jnp.array(a, copy=True), generator_variables))
-    state = fit_loop(step, state, (images,), step_args=(oracle,), epochs=config.epochs,
+    state = fit_loop(step, state, (images,), step_args=(oracle,), epochs=config.epochs, mesh=mesh,
+                     stacked=num_models is not None,
                      batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      progress=progress, description="gan fine-tuning")
     return TrainedDecoder(generator, state.generator, trained.normalization)

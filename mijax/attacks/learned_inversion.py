@@ -185,7 +185,7 @@ def train_inverse_network(decoder: Pure, features, images, *,
                           transform: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
                           workdir: str | pathlib.Path | None = None, checkpoint_every: int | None = None,
                           callback: Callable[[int, TrainState], None] | None = None,
-                          progress: bool = True) -> TrainedDecoder:
+                          progress: bool = True, mesh=None) -> TrainedDecoder:
     """Trains a decoder on (feature, image) pairs with MSE (He et al. ACSAC 2019 Eq. 4).
 
     Runs `mijax.train.fit_loop` (checkpoints to `workdir`, a rerun resumes) with PyTorch AMSGrad,
@@ -201,7 +201,7 @@ def train_inverse_network(decoder: Pure, features, images, *,
         key: PRNG key (initialisation, batch order, per-step keys).
         transform: optional `transform(z, key) -> z` applied to each batch's features inside the
             step, e.g. fresh Gaussian noise for a noise-aware decoder.
-        workdir, checkpoint_every, callback, progress: see `mijax.train.fit_loop`.
+        workdir, checkpoint_every, callback, progress, mesh: see `mijax.train.fit_loop`.
 
     Returns:
         The `TrainedDecoder`.
@@ -265,7 +265,7 @@ def train_inverse_network(decoder: Pure, features, images, *,
         params, opt_state, loss, variables = descend(loss_fn, optimizer, state.variables["params"], state.opt_state)
         return TrainState(state.step + 1, {**variables, "params": params}, opt_state, ()), {"mse": loss}
 
-    state = fit_loop(step, init(), arrays, step_args=step_args, epochs=config.epochs,
+    state = fit_loop(step, init(), arrays, step_args=step_args, epochs=config.epochs, mesh=mesh,
                      batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      checkpoint_every=checkpoint_every, callback=callback, progress=progress,
                      description="inverse network")

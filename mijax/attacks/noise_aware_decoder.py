@@ -170,7 +170,7 @@ def prepare_queries(decoder: Pure, oracle: BlackBox, aux_images, config, sweep: 
 def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
                          config: DecoderAttackConfig = DecoderAttackConfig(), key: jax.Array,
                          workdir: str | pathlib.Path | None = None, progress: bool = True,
-                         sweep: bool = False) -> TrainedDecoder:
+                         sweep: bool = False, mesh=None) -> TrainedDecoder:
     """Trains CEM's noise-aware decoder on fresh queries of the oracle (`cem.md` §11).
 
     Each step queries `oracle` with a batch of `aux_images` (a fresh key per step, so a noisy oracle
@@ -187,6 +187,8 @@ def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
         key: PRNG key (initialisation, batch order, queries, steps).
         workdir: checkpoint folder (None: no checkpoints).
         progress: show a progress bar.
+        mesh: train on this device mesh (`mijax.mesh`): batches split over `data`, a sweep's models
+            over `model`.
         sweep: the oracle returns stacked features `[num_models, batch, ...]` (`BlackBox.stacked`);
             one decoder per model is trained, all from the same initialisation, as one vmapped program.
 
@@ -214,7 +216,8 @@ def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
         query_key, step_key = jax.random.split(key)
         return update(state, images, oracle.query(images, query_key), step_key)
 
-    state = fit_loop(step, jax.jit(init)(), (images,), step_args=(oracle,), epochs=config.epochs,
+    state = fit_loop(step, jax.jit(init)(), (images,), step_args=(oracle,), epochs=config.epochs, mesh=mesh,
+                     stacked=num_models is not None,
                      batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      progress=progress, description="decoder attack")
     return TrainedDecoder(decoder, state.variables)

@@ -136,7 +136,7 @@ def _check_knowledge(knowledge) -> None:
 def train_shadow(knowledge: QueryFree, shadow: Pure | SplitModel, images, labels, *,
                  config: ShadowConfig = ShadowConfig(), key: jax.Array,
                  normalization: Normalization | None = None, workdir: str | pathlib.Path | None = None,
-                 checkpoint_every: int | None = None, progress: bool = True) -> TrainedShadow:
+                 checkpoint_every: int | None = None, progress: bool = True, mesh=None) -> TrainedShadow:
     """Step 1: trains a shadow edge through the frozen cloud with cross-entropy (ACSAC 2019 §4.3).
 
     Args:
@@ -148,7 +148,7 @@ def train_shadow(knowledge: QueryFree, shadow: Pure | SplitModel, images, labels
         config: training settings.
         key: PRNG key (initialisation, order, steps).
         normalization: input normalisation of a `Pure` shadow (None: raw pixels).
-        workdir, checkpoint_every, progress: see `mijax.train.fit_loop`.
+        workdir, checkpoint_every, progress, mesh: see `mijax.train.fit_loop`.
 
     Returns:
         The `TrainedShadow`.
@@ -196,7 +196,7 @@ def train_shadow(knowledge: QueryFree, shadow: Pure | SplitModel, images, labels
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
         return TrainState(state.step + 1, {**variables, "params": params}, opt_state, ()), metrics
 
-    state = fit_loop(step, init(), (images, labels), step_args=(knowledge,),
+    state = fit_loop(step, init(), (images, labels), step_args=(knowledge,), mesh=mesh,
                      epochs=config.epochs, batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      checkpoint_every=checkpoint_every, progress=progress, description="shadow edge")
     return TrainedShadow(edge, state.variables, norm, tuple(knowledge.input_shape))
