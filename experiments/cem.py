@@ -63,6 +63,7 @@ DATASETS = ("cifar10", "olivetti_faces")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
     seed: int = 125
+    mesh: str = ""  # device mesh, e.g. "data:4,model:2" ("": all devices on the data axis)
     dataset: str = "cifar10"
     sigmas: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.15)
     lams: tuple[float, ...] = (0.0, 8.0, 16.0)
@@ -240,14 +241,15 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
             monitor_path.write_text(json.dumps(history))
 
     t = time.perf_counter()
+    mesh = common.mesh_for(config)
     state = fit(model, train.images, train.labels, optimizer=optimizer, epochs=config.epochs,
                 batch_size=config.batch_size, key=train_key, defense=defense, defense_state=states,
                 sweep=True, augment=_augment if config.augment else None, workdir=workdir / "train",
                 callback=callback, progress=progress,
-                description=f"train {len(configs)} configurations (one program over σ×λ)")
+                description=f"train {len(configs)} configurations (one program over σ×λ)", mesh=mesh)
     timings["train"] = time.perf_counter() - t
     accuracy = evaluate(model, state.variables, test.images, test.labels, defense=defense,
-                        defense_state=state.defense_state, key=eval_key, sweep=True)
+                        defense_state=state.defense_state, key=eval_key, sweep=True, mesh=mesh)
 
     # attacks: the attacker knows σ and queries the deployed (noisy, eval-mode) edges
     noise_state = state.defense_state[0]
@@ -268,7 +270,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
         t = time.perf_counter()
         decoders[setting] = train_decoder_attack(
             decoder, oracle, aux.images, config=attack_config, key=jax.random.fold_in(attack_key, i),
-            workdir=workdir / f"decoder_{setting}", progress=progress, sweep=True)
+            workdir=workdir / f"decoder_{setting}", progress=progress, sweep=True, mesh=mesh)
         x_hat = _reconstruct(model, state.variables, noise_state, decoders[setting], targets.images,
                              jax.random.fold_in(eval_key, i))
         timings[f"decoder {setting}"] = time.perf_counter() - t
@@ -283,7 +285,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     critic = dgwgan32(image_shape=train.images.shape[1:], width=config.critic_width)
     generator = gan_finetune(decoders["inference-time"], critic, oracle, attacker_train.images,
                              config=gan_config, key=jax.random.fold_in(attack_key, 2), workdir=workdir / "gan",
-                             progress=progress, sweep=True)
+                             progress=progress, sweep=True, mesh=mesh)
     x_hat = _reconstruct(model, state.variables, noise_state, generator, targets.images,
                          jax.random.fold_in(eval_key, 2))
     timings["gan"] = time.perf_counter() - t

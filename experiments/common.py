@@ -8,6 +8,10 @@ import pathlib
 import typing
 from typing import Any
 
+import jax
+
+from mijax import mesh as meshes
+
 
 def preset(presets: dict[str, Any], name: str):
     if name not in presets:
@@ -54,12 +58,23 @@ def override(config, assignments: list[str]):
     return dataclasses.replace(config, **changes)
 
 
+def mesh_for(config):
+    """The device mesh of `config.mesh` ("data:4,model:2"; "" = all devices on the data axis, and no
+    mesh at all on a single device, where it would change nothing)."""
+    text = getattr(config, "mesh", "")
+    if not text and jax.device_count() == 1:
+        return None
+    return meshes.make_mesh(text or None)
+
+
 def guard_workdir(workdir: pathlib.Path, config) -> None:
     """Refuses to resume in a workdir that holds a run of a different config."""
     path = workdir / "config.json"
     if path.exists():
         saved = json.loads(path.read_text()).get("config")
         current = json.loads(json.dumps(dataclasses.asdict(config)))
+        if saved is not None:  # the mesh is not part of a run: checkpoints restore onto any mesh
+            saved, current = ({k: v for k, v in c.items() if k != "mesh"} for c in (saved, current))
         if saved is not None and saved != current:
             raise ValueError(f"{workdir} holds a run with a different config; choose another --workdir "
                              f"or delete it")

@@ -46,6 +46,7 @@ class Config:
     attack_steps: int = 400
     attack_learning_rate: float = 0.05
     attack_tv_weight: float = 0.05
+    mesh: str = ""  # device mesh, e.g. "data:4,model:2" ("": all devices on the data axis)
 
 
 PRESETS = {
@@ -82,9 +83,10 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     state = fit(model, train_x, train_y, optimizer=optax.adam(config.learning_rate),
                 epochs=config.epochs, batch_size=config.batch_size, key=train_key, defense=defense,
                 defense_state=noise_states, sweep=True, workdir=workdir / "train", progress=progress,
-                description=f"train {len(config.sigmas)} models (one program over sigma)")
+                description=f"train {len(config.sigmas)} models (one program over sigma)",
+                mesh=common.mesh_for(config))
     accuracy = evaluate(model, state.variables, test_x, test_y, defense=defense,
-                        defense_state=noise_states, key=eval_key, sweep=True)
+                        defense_state=noise_states, key=eval_key, sweep=True, mesh=common.mesh_for(config))
 
     targets = jnp.asarray(test_x[:config.attack_images])
     attack_config = RMLEConfig(num_steps=config.attack_steps, learning_rate=config.attack_learning_rate,

@@ -88,6 +88,7 @@ class Config:
     """Settings; `paper` follows he2019.md, `smoke` reduces data, epochs and iterations."""
 
     seed: int = 0
+    mesh: str = ""  # device mesh, e.g. "data:4,model:2" ("": all devices on the data axis)
     datasets: tuple[str, ...] = ("mnist", "cifar10")
     train_size: int = 0  # training images per dataset (0 = the whole training set)
     epochs: int = 50
@@ -145,7 +146,8 @@ def _train_target(name: str, model: SplitModel, train: data.Dataset, config: Con
         augment = lambda k, x: data.random_crop(k, data.random_flip(jax.random.fold_in(k, 1), x), padding=3)
     return fit(model, train.images, train.labels, optimizer=torch_amsgrad(schedule, eps=1e-3),
                epochs=config.epochs, batch_size=config.batch_size, key=key, augment=augment,
-               workdir=workdir, progress=progress, description=f"train {name} target")
+               workdir=workdir, progress=progress, description=f"train {name} target",
+               mesh=common.mesh_for(config))
 
 
 def _whitebox(name, model, variables, targets, config, grids):
@@ -184,7 +186,7 @@ def _inverse(name, model, variables, train, auxiliary, targets, config, key, wor
             x_hat = inverse_network(
                 oracle, z, decoder=he2019_decoder(cut, name), images=images, key=jax.random.fold_in(key, s),
                 config=InverseNetworkConfig(epochs=config.inverse_epochs, normalization=model.normalization),
-                workdir=workdir / f"inverse_{cut}_{setting}", progress=progress)
+                workdir=workdir / f"inverse_{cut}_{setting}", progress=progress, mesh=common.mesh_for(config))
             grids[f"{name} inverse network ({label})"][cut] = np.asarray(x_hat)
             rows.append({"table": "ACSAC Table 4 (inverse network)", "dataset": name, "cut": cut,
                          "setting": label, "attacker_images": len(images), **_scores(x_hat, targets),
@@ -208,7 +210,7 @@ def _shadow(name, model, variables, train, auxiliary, targets, config, key, work
             x_hat = shadow_attack(knowledge, z, config=shadow_config, key=jax.random.fold_in(key, s),
                                   shadow=shadow, images=data_.images[:num], labels=data_.labels[:num],
                                   normalization=normalization, workdir=workdir / f"shadow_{cut}_{s}",
-                                  progress=progress)
+                                  progress=progress, mesh=common.mesh_for(config))
             grids[f"{name} shadow ({label})"][cut] = np.asarray(x_hat)
             rows.append({"table": "ACSAC Table 6 (query-free shadow model)", "dataset": name, "cut": cut,
                          "setting": label, "attacker_images": len(data_.images[:num]),
@@ -234,7 +236,7 @@ def _defense_curves(name, model, variables, test, targets, config, key):
         defense = make(0.0)
         states = defenses.stack([make(v).init() for v in values])
         accuracy = evaluate(cut_model, variables, test.images[:n], test.labels[:n], defense=defense,
-                            defense_state=states, key=key, sweep="defense")
+                            defense_state=states, key=key, sweep="defense", mesh=common.mesh_for(config))
 
         def attack_one(state, variables, targets, key):
             z_tilde = transmit(cut_model, variables, targets, defense=defense, defense_state=state, key=key).z_tilde

@@ -1,5 +1,6 @@
 """Scale-out on a device mesh, in subprocesses (fake CPU devices must be set before jax starts)."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -11,7 +12,9 @@ import sys
 import numpy as np
 import pytest
 
+import mijax_experiments as experiments
 from mijax import mesh as meshes
+from mijax_experiments import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -39,6 +42,17 @@ def test_parse_and_make_mesh():
             meshes.parse_mesh(bad)
     with pytest.raises(ValueError, match="multiply to the 1 devices"):
         meshes.make_mesh("data:2")
+
+
+def test_experiments_take_the_mesh_from_their_config(tmp_path):
+    demo = experiments.get("demo")
+    config = demo.get_config("tiny")
+    assert common.mesh_for(config) is None                    # one device: no mesh at all
+    assert dict(common.mesh_for(common.override(config, ["mesh=data:1"])).shape) == {"data": 1, "model": 1}
+    (tmp_path / "config.json").write_text(json.dumps({"config": json.loads(json.dumps(dataclasses.asdict(config)))}))
+    common.guard_workdir(tmp_path, common.override(config, ["mesh=data:1,model:1"]))   # resumes on any mesh
+    with pytest.raises(ValueError, match="different config"):
+        common.guard_workdir(tmp_path, common.override(config, ["epochs=3"]))
 
 
 def test_sharded_fit_grid_attack_and_checkpoints_equal_the_unsharded_ones(tmp_path):

@@ -275,7 +275,7 @@ def train_inverse_network(decoder: Pure, features, images, *,
 def inverse_network(knowledge: BlackBox | TrainedDecoder, z_observed, *,
                     config: InverseNetworkConfig = InverseNetworkConfig(), key: jax.Array | None = None,
                     decoder: Pure | None = None, images=None, query_key: jax.Array | None = None,
-                    workdir: str | pathlib.Path | None = None, progress: bool = True) -> jax.Array:
+                    workdir: str | pathlib.Path | None = None, progress: bool = True, mesh=None) -> jax.Array:
     """Reconstructs images from observed features with an inverse network (black-box attack).
 
     With a `BlackBox`, runs the whole attack: queries the oracle with the attacker's `images`
@@ -293,7 +293,7 @@ def inverse_network(knowledge: BlackBox | TrainedDecoder, z_observed, *,
             `BlackBox`), e.g. from `attacker_images`.
         query_key: randomness of a stochastic oracle (`query(x, key=...)`); None for a
             deterministic one.
-        workdir, progress: checkpoints and progress bar of the training.
+        workdir, progress, mesh: checkpoints, progress bar and device mesh of the training.
 
     Returns:
         `x_hat` `[batch, height, width, channels]` in [0,1].
@@ -321,7 +321,7 @@ def inverse_network(knowledge: BlackBox | TrainedDecoder, z_observed, *,
     else:
         features, images = query_dataset(knowledge, images, key=query_key)
     trained = train_inverse_network(decoder, features, images, config=config, key=key, workdir=workdir,
-                                    progress=progress)
+                                    progress=progress, mesh=mesh)
     return _decode(trained.variables, z_observed, decoder=trained.decoder, normalization=trained.normalization)
 
 

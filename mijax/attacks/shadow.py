@@ -206,7 +206,7 @@ def shadow_attack(knowledge: QueryFree | TrainedShadow, z_observed, *,
                   config: ShadowConfig = ShadowConfig(), key: jax.Array | None = None,
                   shadow: Pure | SplitModel | None = None, images=None, labels=None,
                   normalization: Normalization | None = None, workdir: str | pathlib.Path | None = None,
-                  progress: bool = True) -> jax.Array:
+                  progress: bool = True, mesh=None) -> jax.Array:
     """Reconstructs images from observed features without queries or edge weights.
 
     With `QueryFree` knowledge, trains the shadow (`train_shadow`) and inverts `z_observed` through
@@ -218,7 +218,7 @@ def shadow_attack(knowledge: QueryFree | TrainedShadow, z_observed, *,
         z_observed: `[batch, ...]` the victim's transmitted features z̃.
         config: shadow training and inversion settings.
         key: PRNG key for the shadow's training (required with `QueryFree`).
-        shadow, images, labels, normalization, workdir, progress: see `train_shadow`.
+        shadow, images, labels, normalization, workdir, progress, mesh: see `train_shadow`.
 
     Returns:
         `x_hat` `[batch, height, width, channels]` in [0,1].
@@ -240,7 +240,7 @@ def shadow_attack(knowledge: QueryFree | TrainedShadow, z_observed, *,
         raise ValueError(f"expected z_observed of shape [batch, {', '.join(map(str, knowledge.feature_shape))}], "
                          f"got {z_observed.shape}")
     trained = train_shadow(knowledge, shadow, images, labels, config=config, key=key,
-                           normalization=normalization, workdir=workdir, progress=progress)
+                           normalization=normalization, workdir=workdir, progress=progress, mesh=mesh)
     return shadow_attack(trained, z_observed, config=config)
 
 
