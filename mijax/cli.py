@@ -42,8 +42,9 @@ def _list() -> None:
 def _run(name: str, args) -> None:
     import mijax_experiments as experiments
     from mijax_experiments import common
-    from mijax import report
+    from mijax import mesh, report
 
+    mesh.initialize()  # one of several processes (JAX_COORDINATOR_ADDRESS set): join them first
     workdir = args.workdir or pathlib.Path("mijax-runs") / f"{name}-{args.preset}"
     try:
         module = experiments.get(name)
