@@ -5,11 +5,20 @@ import sys
 import pytest
 
 from mijax import cli
+from mijax.checkpoint import Checkpointer
 
 FILES = ("results.json", "results.csv", "config.json", "reconstructions.png", "privacy_utility.png")
 
 
-def test_demo_tiny_preset_writes_every_report_file(tmp_path, capsys):
+def _recorded(calls, name, method):
+    """`method`, appending `name` to `calls` on every call."""
+    def wrapper(self, *args, **kwargs):
+        calls.append(name)
+        return method(self, *args, **kwargs)
+    return wrapper
+
+
+def test_demo_tiny_preset_writes_every_report_file(tmp_path, capsys, monkeypatch):
     assert cli.main(["demo", "--preset", "tiny", "--workdir", str(tmp_path), "--no-progress",
                      "--set", "sigmas=0,0.5"]) == 0
     for name in FILES:
@@ -21,9 +30,15 @@ def test_demo_tiny_preset_writes_every_report_file(tmp_path, capsys):
     assert config["config"]["sigmas"] == [0.0, 0.5] and "jax" in config["versions"]
     out = capsys.readouterr().out
     assert "sigma" in out and "ssim" in out and str(tmp_path) in out
-    # a rerun resumes from the checkpoints instead of training again
+    # a rerun resumes from the checkpoints instead of training again: it restores the trained models,
+    # saves no new checkpoint and reports the same results
+    calls = []
+    for name in ("save", "restore"):
+        monkeypatch.setattr(Checkpointer, name, _recorded(calls, name, getattr(Checkpointer, name)))
     assert cli.main(["demo", "--preset", "tiny", "--workdir", str(tmp_path), "--no-progress",
                      "--set", "sigmas=0,0.5"]) == 0
+    assert calls == ["restore"], calls
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
     # another config in the same workdir is refused
     with pytest.raises(SystemExit, match="different config"):
         cli.main(["demo", "--preset", "tiny", "--workdir", str(tmp_path), "--set", "sigmas=0,1"])
