@@ -208,15 +208,17 @@ def train_decoder_attack(decoder: Pure, oracle: BlackBox, aux_images, *,
     init_key, loop_key = jax.random.split(key)
 
     def init():
+        # the network eagerly: its initialisers' small programs are compiled once per shape and reused
+        # by every later decoder, where a jitted init compiles them all again (~5-20 s on CPU)
         variables = decoder.init(init_key)
-        state = TrainState(jnp.zeros((), jnp.int32), variables, optimizer.init(variables["params"]), ())
-        return state if num_models is None else _stack(state, num_models)
+        state = jax.jit(lambda v: TrainState(jnp.zeros((), jnp.int32), v, optimizer.init(v["params"]), ()))(variables)
+        return state if num_models is None else jax.jit(_stack, static_argnums=1)(state, num_models)
 
     def step(state, images, key, oracle):  # the oracle's weights are arguments of the program
         query_key, step_key = jax.random.split(key)
         return update(state, images, oracle.query(images, query_key), step_key)
 
-    state = fit_loop(step, jax.jit(init)(), (images,), step_args=(oracle,), epochs=config.epochs, mesh=mesh,
+    state = fit_loop(step, init(), (images,), step_args=(oracle,), epochs=config.epochs, mesh=mesh,
                      stacked=num_models is not None,
                      batch_size=config.batch_size, key=loop_key, workdir=workdir,
                      progress=progress, description="decoder attack")
