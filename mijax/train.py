@@ -63,6 +63,22 @@ def init_train_state(model: SplitModel, optimizer: optax.GradientTransformation,
                       defense_state)
 
 
+def _reused(fn: Callable) -> Callable:
+    """`fn` memoised on its (hashable) arguments: repeated `fit` calls with the same model, optimiser
+    and defense get the same step function, hence the same compiled program (no recompilation)."""
+    cached = functools.lru_cache(maxsize=16)(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return cached(*args, **kwargs)
+        except TypeError:  # an unhashable argument: build it afresh
+            return fn(*args, **kwargs)
+
+    return call
+
+
+@_reused
 def make_train_step(model: SplitModel, optimizer: optax.GradientTransformation,
                     defense: Defense | None = None, *,
                     augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
@@ -326,6 +342,7 @@ def _check_same_run(workdir: pathlib.Path, state, arrays, *, batch_size: int, ke
     partial.replace(path)
 
 
+@_reused
 def scan_steps(step: Callable, *, mesh: Mesh | None = None) -> Callable:
     """`run(state, arrays, rows [count, batch], key, first_step, step_args)`: `count` steps in a scan.
 
@@ -401,25 +418,33 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
                                   sample=images[:batch_size])
         defense_state = defense.init(jax.random.fold_in(init_key, 1), spec)
 
-    def init(defense_state, variables):
-        return init_train_state(model, optimizer, init_key, defense_state, variables=variables)
-
+    init = _init_program(model, optimizer, sweep, variables is not None)
     step = make_train_step(model, optimizer, defense, augment=augment, task_loss=task_loss)
     if sweep:
         # models split over a mesh's model axis run side by side (vmap), not one after another
         mode = "vmap" if mesh is not None and mesh.shape["model"] > 1 else None
-        init = jax.vmap(init, (0, None if variables is None else 0))
-        step = map_models(step, (0, None, None, None), mode=mode)
+        step = _sweep_step(step, (0, None, None, None), mode=mode)
     epoch_end = None
     if defense.epoch_update is not None:
         def epoch_end(state, epoch):
             return _epoch_update(model, defense, state, images, labels,
                                  jax.random.fold_in(epoch_key, epoch), sweep, mesh)
-    return fit_loop(step, jax.jit(init)(defense_state, variables), (images, labels),
+    return fit_loop(step, init(init_key, defense_state, variables), (images, labels),
                     epochs=epochs, batch_size=batch_size, key=loop_key, workdir=workdir,
                     checkpoint_every=checkpoint_every, epoch_end=epoch_end, callback=callback,
                     steps_per_dispatch=steps_per_dispatch, progress=progress, description=description,
                     mesh=mesh, stacked=sweep)
+
+
+_sweep_step = _reused(map_models)
+
+
+@_reused
+def _init_program(model: SplitModel, optimizer, sweep: bool, stacked_variables: bool) -> Callable:
+    """`init(key, defense_state, variables) -> TrainState`, compiled once per model and optimiser."""
+    def init(key, defense_state, variables):
+        return init_train_state(model, optimizer, key, defense_state, variables=variables)
+    return jax.jit(jax.vmap(init, (None, 0, 0 if stacked_variables else None)) if sweep else init)
 
 
 def _epoch_update(model, defense, state, images, labels, key, sweep, mesh=None):

@@ -19,10 +19,14 @@ def digits():
     return resize(train.images), train.labels, resize(test.images), test.labels
 
 
+MODEL = digits_cnn(image_size=16)
+ADAM = optax.adam(2e-3)   # one object: fits with the same settings share one compiled step
+
+
 def _fit(digits, **kw):
     x, y, _, _ = digits
-    settings = dict(optimizer=optax.adam(2e-3), epochs=2, batch_size=64, key=jax.random.key(0), progress=False)
-    return fit(digits_cnn(image_size=16), x[:512], y[:512], **{**settings, **kw})
+    settings = dict(optimizer=ADAM, epochs=2, batch_size=64, key=jax.random.key(0), progress=False)
+    return fit(MODEL, x[:512], y[:512], **{**settings, **kw})
 
 
 def test_learns_digits(digits):
@@ -131,9 +135,9 @@ def test_defense_init_gets_a_run_key_and_the_spec(digits):
 
 
 def test_staged_training_freezes_by_name_and_resumes_per_stage(digits, tmp_path):
-    model = digits_cnn(image_size=16)
+    model = MODEL
     stage1 = _fit(digits, epochs=1)
-    stage2_optimizer = freeze(optax.adam(2e-3), frozen=model.edge_names)
+    stage2_optimizer = freeze(ADAM, frozen=model.edge_names)
     stage2 = _fit(digits, variables=stage1.variables, optimizer=stage2_optimizer, workdir=tmp_path / "stage2")
     for name in model.network.names:
         if name not in stage1.variables["params"]:
