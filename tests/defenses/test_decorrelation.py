@@ -1,10 +1,13 @@
+"""mijax.defenses.decorrelation: distance correlation against a NumPy loop, and NoPeek training against rMLE."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mijax.data.transforms import CIFAR10
-from mijax.defenses import LossInputs, distance_correlation, nopeek, stack
+from mijax.defenses import LossInputs, stack
+from mijax.defenses.decorrelation import distance_correlation, nopeek
 
 
 def dcor_loop(x, z, squared=False):
