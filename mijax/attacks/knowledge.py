@@ -24,7 +24,7 @@ import numpy as np
 
 from mijax.data.transforms import Normalization
 from mijax.defenses.base import Defense, identity
-from mijax.nn import Pure, Variables
+from mijax.nn import Variables
 from mijax.pipeline import transmit
 from mijax.split import SplitModel
 from mijax.stacks import map_models
@@ -44,33 +44,16 @@ def _check_program(name: str, program: Callable) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class EdgeProgram:
-    """`(edge_variables, x) -> z`: the edge of `model` in eval mode."""
+class EvalProgram:
+    """`(variables, x) -> y`: `network.<method>` in eval mode, its first output (e.g. a model's
+    `edge_apply` or `cloud_apply`, a `mijax.nn.Pure`'s `apply`); equal for equal networks, so jit
+    caches hit."""
 
-    model: SplitModel
-
-    def __call__(self, variables: Variables, x: jax.Array) -> jax.Array:
-        return self.model.edge_apply(variables, x)[0]
-
-
-@dataclasses.dataclass(frozen=True)
-class PureProgram:
-    """`(variables, x) -> y`: a `mijax.nn.Pure` network in eval mode (e.g. a shadow edge)."""
-
-    network: Pure
+    network: Any
+    method: str = "apply"
 
     def __call__(self, variables: Variables, x: jax.Array) -> jax.Array:
-        return self.network.apply(variables, x)[0]
-
-
-@dataclasses.dataclass(frozen=True)
-class CloudProgram:
-    """`(cloud_variables, z) -> logits`: the cloud of `model` in eval mode."""
-
-    model: SplitModel
-
-    def __call__(self, variables: Variables, z: jax.Array) -> jax.Array:
-        return self.model.cloud_apply(variables, z)[0]
+        return getattr(self.network, self.method)(variables, x)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,22 +76,27 @@ class DeployedEdges:
                           stacked_weights=self.variables_axis is not None)(*state)
 
 
-@jax.tree_util.register_pytree_node_class
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["variables"],
+                   meta_fields=["program", "normalization", "input_shape"])
+@dataclasses.dataclass(frozen=True, eq=False)
 class WhiteBox:
     """The edge `f` with its variables (frozen, eval mode).
 
     Attributes:
-        variables: the edge's variables (the pytree's leaves).
         program: `program(variables, x) -> z`, differentiable in `x`.
+        variables: the edge's variables (the pytree's leaves).
         normalization: the edge's input normalisation (attacks may optimise in that space).
         input_shape: `(height, width, channels)`.
     """
 
-    def __init__(self, program: Callable, variables: PyTree, *, normalization: Normalization,
-                 input_shape: tuple[int, int, int]):
-        _check_program("program", program)
-        self.program, self.variables = program, variables
-        self.normalization, self.input_shape = normalization, tuple(input_shape)
+    program: Callable
+    variables: PyTree
+    normalization: Normalization = dataclasses.field(kw_only=True)
+    input_shape: tuple[int, int, int] = dataclasses.field(kw_only=True)
+
+    def __post_init__(self):
+        _check_program("program", self.program)
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
 
     def edge(self, x: jax.Array) -> jax.Array:
         """`z = f(x)` for images `x ∈ [0,1]` of shape `[batch, *input_shape]`."""
@@ -117,18 +105,8 @@ class WhiteBox:
     @classmethod
     def from_model(cls, model: SplitModel, variables: Variables) -> WhiteBox:
         """Hands over only the edge's variables of `variables`."""
-        return cls(EdgeProgram(model), model.edge_variables(variables), normalization=model.normalization,
-                   input_shape=model.input_shape)
-
-    def tree_flatten(self):
-        return (self.variables,), (self.program, self.normalization, self.input_shape)
-
-    @classmethod
-    def tree_unflatten(cls, static, leaves):
-        program, normalization, input_shape = static
-        out = object.__new__(cls)
-        out.program, out.variables, out.normalization, out.input_shape = program, leaves[0], normalization, input_shape
-        return out
+        return cls(EvalProgram(model, "edge_apply"), model.edge_variables(variables),
+                   normalization=model.normalization, input_shape=model.input_shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -184,12 +162,8 @@ class BlackBox:
 
         `defense_state` defaults to `defense.init(key(0), model.defense_spec())`.
         """
-        defense = defense or identity()
-        if defense_state is None:
-            defense_state = defense.init(jax.random.key(0), model.defense_spec())
-        stochastic = defense.feature_transform is not None or defense.input_transform is not None
-        return cls(DeployedEdges(model, defense), input_shape=model.input_shape,
-                   state=(model.edge_variables(variables), defense_state), stochastic=stochastic)
+        return cls.stacked(model, variables, defense=defense, defense_state=defense_state, variables_axis=None,
+                           defense_axis=None)
 
     @classmethod
     def stacked(cls, model: SplitModel, variables: Variables, *, defense: Defense | None = None,
@@ -207,9 +181,10 @@ class BlackBox:
                 `defense_axis=None`; None: `defense.init()`, shared.
         """
         defense = defense or identity()
+        stacked = variables_axis is not None or defense_axis is not None
         if defense_state is None:
             defense_state, defense_axis = defense.init(jax.random.key(0), model.defense_spec()), None
-        if variables_axis is None and defense_axis is None:
+        if stacked and variables_axis is None and defense_axis is None:
             raise ValueError("expected stacked variables or a stacked defense_state (an axis that is not None)")
         stochastic = defense.feature_transform is not None or defense.input_transform is not None
         return cls(DeployedEdges(model, defense, variables_axis, defense_axis), input_shape=model.input_shape,
@@ -226,7 +201,9 @@ class BlackBox:
         return out
 
 
-@jax.tree_util.register_pytree_node_class
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["variables"],
+                   meta_fields=["program", "feature_shape", "input_shape", "num_classes"])
+@dataclasses.dataclass(frozen=True, eq=False)
 class QueryFree:
     """The cloud part `g` (which the server runs) with its variables, and nothing of the edge.
 
@@ -238,12 +215,16 @@ class QueryFree:
         num_classes: outputs of the cloud.
     """
 
-    def __init__(self, program: Callable, variables: PyTree, *, feature_shape: tuple[int, ...],
-                 input_shape: tuple[int, int, int], num_classes: int):
-        _check_program("program", program)
-        self.program, self.variables = program, variables
-        self.feature_shape, self.input_shape = tuple(feature_shape), tuple(input_shape)
-        self.num_classes = int(num_classes)
+    program: Callable
+    variables: PyTree
+    feature_shape: tuple[int, ...] = dataclasses.field(kw_only=True)
+    input_shape: tuple[int, int, int] = dataclasses.field(kw_only=True)
+    num_classes: int = dataclasses.field(kw_only=True)
+
+    def __post_init__(self):
+        _check_program("program", self.program)
+        for name in ("feature_shape", "input_shape"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def cloud(self, z: jax.Array) -> jax.Array:
         """The logits `g(z)`."""
@@ -256,15 +237,6 @@ class QueryFree:
             raise ValueError("expected a model without a client tail: the query-free attack needs the "
                              f"server's part to output the logits, but layers from {model.tail!r} on run on "
                              "the client")
-        return cls(CloudProgram(model), model.cloud_variables(variables), feature_shape=model.feature_shape(),
-                   input_shape=model.input_shape, num_classes=model.num_classes)
-
-    def tree_flatten(self):
-        return (self.variables,), (self.program, self.feature_shape, self.input_shape, self.num_classes)
-
-    @classmethod
-    def tree_unflatten(cls, static, leaves):
-        out = object.__new__(cls)
-        out.program, out.feature_shape, out.input_shape, out.num_classes = static
-        out.variables = leaves[0]
-        return out
+        return cls(EvalProgram(model, "cloud_apply"), model.cloud_variables(variables),
+                   feature_shape=model.feature_shape(), input_shape=model.input_shape,
+                   num_classes=model.num_classes)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mijax.attacks.knowledge import PureProgram, QueryFree, WhiteBox
+from mijax.attacks.knowledge import EvalProgram, QueryFree, WhiteBox
 from mijax.attacks.learned_inversion import check_he2019_schedule, he2019_optimizer
 from mijax.attacks.mle_inversion import RMLEConfig, rmle
 from mijax.data.transforms import Normalization
@@ -94,7 +94,7 @@ class TrainedShadow:
 
     def white_box(self) -> WhiteBox:
         """The shadow as a `WhiteBox` for `mijax.attacks.mle_inversion`."""
-        return WhiteBox(PureProgram(self.edge), self.variables, normalization=self.normalization,
+        return WhiteBox(EvalProgram(self.edge), self.variables, normalization=self.normalization,
                         input_shape=self.input_shape)
 
 
