@@ -104,6 +104,16 @@ def shard(tree: Any, mesh: Mesh, sharding: NamedSharding | None = None) -> Any:
     return jax.tree.map(lambda a: _global(a, sharding) if np.ndim(a) else _global(a, replicated(mesh)), tree)
 
 
+def put_batch(batch: Any, mesh: Mesh | None, *, split: bool = True) -> Any:
+    """A host batch as the mesh wants it: split over `data` when it divides evenly, else replicated
+    (unchanged without a mesh)."""
+    if mesh is None:
+        return batch
+    if split and np.ndim(batch) and len(batch) % mesh.shape["data"] == 0:
+        return shard(batch, mesh)
+    return replicate(batch, mesh)
+
+
 def constrain_batch(tree: Any, mesh: Mesh | None) -> Any:
     """Inside a compiled step: the batch's leading axis split over `data` (no-op without a mesh)."""
     if mesh is None:

@@ -168,8 +168,8 @@ def predict(model: SplitModel, variables: Variables, images, *, defense: Defense
         size = len(chunk)
         if size < batch_size:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - size, 0)])
-        out = np.asarray(logits_fn(variables, defense_state, _on_mesh(chunk, mesh),
-                                   _on_mesh(jax.random.fold_in(key, start), mesh)))
+        out = np.asarray(logits_fn(variables, defense_state, meshes.put_batch(chunk, mesh),
+                                   meshes.put_batch(jax.random.fold_in(key, start), mesh)))
         outputs.append(out[..., :size, :])
     return np.concatenate(outputs, axis=-2)
 
@@ -194,17 +194,8 @@ def features(model: SplitModel, variables: Variables, images, *, batch_size: int
     fn = _edge_program(model, sweep)
     images = np.asarray(images)
     axis = 1 if sweep else 0
-    return np.concatenate([np.asarray(fn(variables, _on_mesh(images[s:s + batch_size], mesh)))
+    return np.concatenate([np.asarray(fn(variables, meshes.put_batch(images[s:s + batch_size], mesh)))
                            for s in range(0, len(images), batch_size)], axis=axis)
-
-
-def _on_mesh(batch, mesh: Mesh | None, *, split: bool = True):
-    """A host batch as the mesh wants it: split over `data` when it divides evenly, else replicated."""
-    if mesh is None:
-        return batch
-    if split and np.ndim(batch) and len(batch) % mesh.shape["data"] == 0:
-        return meshes.shard(batch, mesh)
-    return meshes.replicate(batch, mesh)
 
 
 def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epochs: int,
@@ -282,6 +273,7 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
         state = checkpointer.restore(state)  # onto the shardings of `state`: the current mesh
     run = scan_steps(step, mesh=mesh)
     place = (lambda x: x) if mesh is None else (lambda x: meshes.replicate(x, mesh))
+    step_key = place(step_key)
     bar = tqdm(total=total, initial=start, desc=description, disable=not progress, leave=False)
     try:
         order_epoch, order, t = None, None, start
@@ -293,7 +285,7 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
             next_checkpoint = (t // checkpoint_every + 1) * checkpoint_every
             count = min(steps_per_dispatch, steps_per_epoch - index, next_checkpoint - t, total - t)
             rows = order[index * batch_size:(index + count) * batch_size].reshape(count, batch_size)
-            state, metrics = run(state, device_arrays, place(rows), place(step_key), place(np.int32(t)), step_args)
+            state, metrics = run(state, device_arrays, place(rows), step_key, place(np.int32(t)), step_args)
             t += count
             if epoch_end is not None and index + count == steps_per_epoch:
                 state = epoch_end(state, epoch)
@@ -450,7 +442,7 @@ def _init_program(model: SplitModel, optimizer, sweep: bool, stacked_variables: 
 def _epoch_update(model, defense, state, images, labels, key, sweep, mesh=None):
     feats = features(model, state.variables, images, sweep=sweep, mesh=mesh)
     update = _epoch_update_program(defense.epoch_update, sweep)
-    put = lambda x: _on_mesh(x, mesh, split=False)
+    put = lambda x: meshes.put_batch(x, mesh, split=False)
     return state._replace(defense_state=update(state.defense_state, put(feats), put(labels), put(key)))
 
 

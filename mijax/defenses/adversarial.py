@@ -144,7 +144,7 @@ def adversarial_decoder(*, alpha, key: jax.Array | None = None, decoder: Pure | 
     alpha = check_scalar("alpha", alpha)
     threshold = check_scalar("threshold", threshold, high=1.0)
     if decoder is None and None not in (feature_shape, image_shape):
-        upsampling_decoder(feature_shape, image_shape)  # fail early on shapes it cannot decode
+        _default_decoder(tuple(feature_shape), tuple(image_shape))  # fail early on shapes it cannot decode
 
     def decoder_for(feature_shape, image_shape):
         return decoder if decoder is not None else _default_decoder(tuple(feature_shape), tuple(image_shape))
