@@ -15,13 +15,14 @@ import pytest
 import mijax_experiments as experiments
 from mijax import mesh as meshes
 from mijax_experiments import common
+from tests.conftest import TEST_XLA_FLAGS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _python(args, env=None, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = TEST_XLA_FLAGS  # the subprocess adds its device count
     return subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
 
