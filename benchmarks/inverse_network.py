@@ -152,7 +152,8 @@ def main() -> None:
     images = data.load("cifar10", f"train[:{args.images}]", data_dir=args.data_dir).images
     model = cifar10cnn(cut="relu22")
     z = features(model, model.init(jax.random.key(0)), images)
-    config = InverseNetworkConfig(epochs=args.epochs, normalization=model.normalization)
+    config = InverseNetworkConfig(epochs=args.epochs, normalization=model.normalization,
+                                  legacy_eps=False)  # the PyTorch side runs torch 2.13's rule
     key = jax.random.key(1)
     order = _batch_order(key, len(images), config)
     print(f"backend {jax.default_backend()}, {len(images)} images, batch 32, {len(order)} steps, "

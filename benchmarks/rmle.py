@@ -60,7 +60,7 @@ def main() -> None:
     variables = model.init(jax.random.key(0))
     z, _ = model.edge_apply(variables, images)
     knowledge = WhiteBox.from_model(model, variables)
-    config = RMLEConfig(num_steps=args.steps, learning_rate=1e-2, tv_weight=10.0)
+    config = RMLEConfig(num_steps=args.steps, learning_rate=1e-2, tv_weight=10.0, legacy_eps=False)  # torch 2.13's rule
     attack = jax.jit(lambda z: rmle(knowledge, z, config=config))
     x_jax, first_s, jax_s = _timed(attack, z)
     print(f"backend {jax.default_backend()}, {args.images} images, {args.steps} steps, {args.threads} threads")

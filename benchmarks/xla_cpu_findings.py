@@ -78,7 +78,7 @@ def rmle_step_ms(batch: int, steps: int = 20) -> float:
     model = cifar10cnn(cut="relu22")
     variables = model.init(jax.random.key(0))
     z, _ = model.edge_apply(variables, jax.random.uniform(jax.random.key(1), (batch, 32, 32, 3)))
-    config = RMLEConfig(num_steps=steps, learning_rate=1e-2, tv_weight=10.0)
+    config = RMLEConfig(num_steps=steps, learning_rate=1e-2, tv_weight=10.0, legacy_eps=False)
     attack = jax.jit(lambda v, z: rmle(WhiteBox.from_model(model, v), z, config=config))
     return ms(attack, variables, z, runs=3, per=steps)
 

@@ -144,7 +144,7 @@ def _train_target(name: str, model: SplitModel, train: data.Dataset, config: Con
     augment = None
     if name == "cifar10":  # He et al.: horizontal flips and small translations
         augment = lambda k, x: data.random_crop(k, data.random_flip(jax.random.fold_in(k, 1), x), padding=3)
-    return fit(model, train.images, train.labels, optimizer=torch_amsgrad(schedule, eps=1e-3),
+    return fit(model, train.images, train.labels, optimizer=torch_amsgrad(schedule, eps=1e-3, legacy_eps=True),
                epochs=config.epochs, batch_size=config.batch_size, key=key, augment=augment,
                workdir=workdir, progress=progress, description=f"train {name} target",
                mesh=common.mesh_for(config))
@@ -227,7 +227,7 @@ def _defense_curves(name, model, variables, test, targets, config, key):
               ("dropout (features)", "rate", config.dropout_rates, lambda v: defenses.dropout(rate=v))]
     if config.input_noise:
         sweeps.append(("gaussian (input)", "sigma", config.sigmas,
-                       lambda v: defenses.gaussian_noise(sigma=v, on="input")))
+                       lambda v: defenses.gaussian_noise(sigma=v, on="input", normalization=model.normalization)))
     attack_config = RMLEConfig(num_steps=config.defense_steps, learning_rate=config.whitebox_learning_rate,
                                tv_weight=TARGETS[name].tv_weights.get(cut, 0.0))
     rows = []

@@ -18,7 +18,7 @@ class AmsgradState(NamedTuple):
 
 
 def torch_amsgrad(learning_rate: optax.ScalarOrSchedule, *, b1: float = 0.9, b2: float = 0.999,
-                  eps: float = 1e-8) -> optax.GradientTransformation:
+                  eps: float = 1e-8, legacy_eps: bool = False) -> optax.GradientTransformation:
     """Adam with AMSGrad as `torch.optim.Adam(amsgrad=True)` computes it.
 
     PyTorch keeps the running maximum of the *raw* second moment and divides by the current bias
@@ -26,10 +26,15 @@ def torch_amsgrad(learning_rate: optax.ScalarOrSchedule, *, b1: float = 0.9, b2:
     maximum of the bias-corrected moment instead, which differs early on and with a large eps such as
     He et al.'s 1e-3 (`he2019.md` §3).
 
+    PyTorch before 1.3 (pytorch/pytorch#22628; He et al. ran 1.0) added eps to √(max v) *before* the
+    bias correction of the step size: step = lr·√(1−b2^t)/(1−b1^t) · m / (√(max_s v_s) + eps), i.e. an
+    effective eps of eps/√(1−b2^t) — 3.2e-2 at step 1 for eps 1e-3, falling to eps as t grows.
+
     Args:
         learning_rate: a scalar (may be traced, e.g. swept under vmap) or an optax schedule.
         b1, b2: moment decay rates.
         eps: added to the denominator.
+        legacy_eps: the rule of PyTorch < 1.3 instead of the current one.
     """
 
     def init(params):
@@ -45,7 +50,11 @@ def torch_amsgrad(learning_rate: optax.ScalarOrSchedule, *, b1: float = 0.9, b2:
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         step_size = lr / (1 - b1 ** t)
         root_bc2 = jnp.sqrt(1 - b2 ** t)
-        updates = jax.tree.map(lambda m, v: -step_size * m / (jnp.sqrt(v) / root_bc2 + eps), mu, nu_max)
+        if legacy_eps:
+            step = lambda m, v: -step_size * root_bc2 * m / (jnp.sqrt(v) + eps)
+        else:
+            step = lambda m, v: -step_size * m / (jnp.sqrt(v) / root_bc2 + eps)
+        updates = jax.tree.map(step, mu, nu_max)
         return updates, AmsgradState(count, mu, nu, nu_max)
 
     return optax.GradientTransformation(init, update)

@@ -42,16 +42,17 @@ from mijax.steps import descend
 from mijax.train import TrainState, fit_loop
 
 
-def he2019_optimizer(learning_rate: float, *, eps: float, halve_every: int,
-                     steps_per_epoch: int) -> optax.GradientTransformation:
-    """PyTorch AMSGrad with the step size halved every `halve_every` epochs (the authors' code).
+def he2019_optimizer(learning_rate: float, *, eps: float, halve_every: int, steps_per_epoch: int,
+                     legacy_eps: bool = True) -> optax.GradientTransformation:
+    """PyTorch AMSGrad with the step size halved every `halve_every` epochs (the authors' code, which
+    ran PyTorch 1.0: `legacy_eps` is its eps rule, see `mijax.optim.torch_amsgrad`).
 
     The code sets `lr /= 2` after every `halve_every`-th epoch; as an optax staircase schedule over
     steps that is `lr · 0.5^⌊step / (halve_every · steps_per_epoch)⌋`.
     """
     schedule = optax.exponential_decay(learning_rate, transition_steps=halve_every * steps_per_epoch,
                                        decay_rate=0.5, staircase=True)
-    return torch_amsgrad(schedule, eps=eps)
+    return torch_amsgrad(schedule, eps=eps, legacy_eps=legacy_eps)
 
 
 def check_he2019_schedule(config) -> None:
@@ -73,6 +74,7 @@ class InverseNetworkConfig:
         learning_rate: initial AMSGrad step size (1e-3), halved every `halve_every` epochs (10).
         eps: AMSGrad epsilon (1e-3).
         halve_every: epochs between halvings of the step size.
+        legacy_eps: PyTorch < 1.3's AMSGrad eps rule, as the authors ran (`mijax.optim.torch_amsgrad`).
         normalization: the target space. None (default): the decoder outputs pixels (use a sigmoid
             output), the loss is MSE in pixel space and `x̂ = clip(d(z̃), 0, 1)`. A `Normalization`:
             the decoder outputs normalised images (a linear output, as `he2019_decoder`), the loss
@@ -86,6 +88,7 @@ class InverseNetworkConfig:
     learning_rate: float = 1e-3
     eps: float = 1e-3
     halve_every: int = 10
+    legacy_eps: bool = True
     normalization: Normalization | None = None
     requery: bool = False
 
@@ -94,6 +97,7 @@ class InverseNetworkConfig:
 
     def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
         return he2019_optimizer(self.learning_rate, eps=self.eps, halve_every=self.halve_every,
+                                legacy_eps=self.legacy_eps,
                                 steps_per_epoch=steps_per_epoch)
 
 

@@ -43,6 +43,8 @@ class RMLEConfig:
         feature_loss: "mean" (code: mean over feature elements) or "sum" (paper: squared L2 norm).
         space: "normalized" (start at 0 = the dataset mean) or "pixel" (start at grey 0.5).
         optimizer: "amsgrad_torch" (PyTorch's AMSGrad) or "adam".
+        legacy_eps: AMSGrad with PyTorch < 1.3's eps rule (the authors ran 1.0; see
+            `mijax.optim.torch_amsgrad`); False for the current rule.
     """
 
     num_steps: int = struct.field(pytree_node=False, default=500)
@@ -54,6 +56,7 @@ class RMLEConfig:
     feature_loss: str = struct.field(pytree_node=False, default="mean")
     space: str = struct.field(pytree_node=False, default="normalized")
     optimizer: str = struct.field(pytree_node=False, default="amsgrad_torch")
+    legacy_eps: bool = struct.field(pytree_node=False, default=True)
 
     @classmethod
     def paper(cls, **overrides) -> RMLEConfig:
@@ -77,7 +80,7 @@ class RMLEConfig:
 
 def _optimizer(config: RMLEConfig) -> optax.GradientTransformation:
     if config.optimizer == "amsgrad_torch":
-        return torch_amsgrad(config.learning_rate, eps=config.eps)
+        return torch_amsgrad(config.learning_rate, eps=config.eps, legacy_eps=config.legacy_eps)
     return optax.adam(config.learning_rate, eps=config.eps)
 
 

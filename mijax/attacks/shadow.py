@@ -59,6 +59,7 @@ class ShadowConfig:
         learning_rate: initial AMSGrad step size (1e-3), halved every `halve_every` epochs (10).
         eps: AMSGrad epsilon (1e-3).
         halve_every: epochs between halvings of the step size.
+        legacy_eps: PyTorch < 1.3's AMSGrad eps rule, as the authors ran (`mijax.optim.torch_amsgrad`).
         inversion: the rMLE settings against the shadow (500 iterations, lr 0.1, λ_TV 2, code variant).
     """
 
@@ -67,6 +68,7 @@ class ShadowConfig:
     learning_rate: float = 1e-3
     eps: float = 1e-3
     halve_every: int = 10
+    legacy_eps: bool = True
     inversion: RMLEConfig = dataclasses.field(default_factory=_code_inversion)
 
     def validate(self) -> None:
@@ -175,6 +177,7 @@ def train_shadow(knowledge: QueryFree, shadow: Pure | SplitModel, images, labels
     if not 0 < config.batch_size <= len(images):
         raise ValueError(f"expected config.batch_size in [1, {len(images)}], got {config.batch_size}")
     optimizer = he2019_optimizer(config.learning_rate, eps=config.eps, halve_every=config.halve_every,
+                                 legacy_eps=config.legacy_eps,
                                  steps_per_epoch=len(images) // config.batch_size)
     init_key, loop_key = jax.random.split(key)
 

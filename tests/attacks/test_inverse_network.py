@@ -117,9 +117,11 @@ def test_attacker_images_settings():
     np.testing.assert_array_equal(attacker_images("auxiliary", auxiliary_images=aux, num=4), aux[:4])
     noise = attacker_images("noise", num=2000, input_shape=(4, 4, 1), normalization=MNIST_HALF,
                             key=jax.random.key(0))
-    assert noise.shape == (2000, 4, 4, 1) and noise.min() >= 0 and noise.max() <= 1
-    u = np.asarray(jax.random.normal(jax.random.key(0), (2000, 4, 4, 1)))     # the same draws
-    np.testing.assert_allclose(noise, np.clip(u * 0.5 + 0.5, 0, 1), rtol=1e-6)
+    assert noise.shape == (2000, 4, 4, 1)
+    # N(0,1) in the model's input space, unclipped: the edge normalises them back to the draws
+    u = np.asarray(jax.random.normal(jax.random.key(0), (2000, 4, 4, 1)))
+    np.testing.assert_allclose(MNIST_HALF.normalize(noise), u, rtol=1e-5, atol=1e-6)
+    assert 0.3 < np.mean((noise < 0) | (noise > 1)) < 0.34    # P(|u| > 1) = 31.7 %
     with pytest.raises(ValueError, match="expected setting in"):
         attacker_images("public")
     with pytest.raises(ValueError, match="needs auxiliary_images"):
@@ -130,10 +132,12 @@ def test_attacker_images_settings():
         noise_images(0, (4, 4, 1), key=jax.random.key(0))
 
 
-def test_schedule_halves_the_step_size_like_the_code():
-    # PyTorch: AMSGrad with lr /= 2 after every 10th epoch; 3 steps per epoch, 25 epochs.
+@pytest.mark.parametrize("legacy", [True, False])
+def test_schedule_halves_the_step_size_like_the_code(legacy):
+    # PyTorch: AMSGrad with lr /= 2 after every 10th epoch; 3 steps per epoch, 25 epochs. The authors'
+    # PyTorch 1.0 added eps before the step size's bias correction (the default, `legacy_eps`).
     steps_per_epoch, grads = 3, np.cos(np.arange(75) / 3.0)
-    opt = he2019_optimizer(1e-3, eps=1e-3, halve_every=10, steps_per_epoch=steps_per_epoch)
+    opt = he2019_optimizer(1e-3, eps=1e-3, halve_every=10, steps_per_epoch=steps_per_epoch, legacy_eps=legacy)
     param, state, path = jnp.zeros(()), None, []
     state = opt.init(param)
     for g in grads:
@@ -145,7 +149,10 @@ def test_schedule_halves_the_step_size_like_the_code():
         lr = 1e-3 * 0.5 ** ((t - 1) // steps_per_epoch // 10)
         m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
         vmax = max(vmax, v)
-        p -= lr / (1 - 0.9 ** t) * m / (np.sqrt(vmax) / np.sqrt(1 - 0.999 ** t) + 1e-3)
+        if legacy:
+            p -= lr * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(vmax) + 1e-3)
+        else:
+            p -= lr / (1 - 0.9 ** t) * m / (np.sqrt(vmax) / np.sqrt(1 - 0.999 ** t) + 1e-3)
         expected.append(p)
     np.testing.assert_allclose(path, expected, rtol=1e-4, atol=1e-8)
 

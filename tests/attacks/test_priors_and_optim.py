@@ -39,37 +39,40 @@ def test_total_variation_unknown_variant():
         total_variation(jnp.zeros((1, 4, 4, 1)), variant="l1")
 
 
-def _torch_amsgrad_numpy(grads, lr, eps, b1=0.9, b2=0.999):
-    """PyTorch's Adam(amsgrad=True) step rule, written out."""
+def _torch_amsgrad_numpy(grads, lr, eps, b1=0.9, b2=0.999, legacy=False):
+    """PyTorch's Adam(amsgrad=True) step rule, written out (`legacy`: PyTorch 1.0-1.2's `adam.py`)."""
     p, m, v, vmax = 0.0, 0.0, 0.0, 0.0
     path = []
     for t, g in enumerate(grads, 1):
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         vmax = max(vmax, v)
-        denom = np.sqrt(vmax) / np.sqrt(1 - b2 ** t) + eps
-        p = p - lr / (1 - b1 ** t) * m / denom
+        if legacy:
+            p = p - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(vmax) + eps)
+        else:
+            p = p - lr / (1 - b1 ** t) * m / (np.sqrt(vmax) / np.sqrt(1 - b2 ** t) + eps)
         path.append(p)
     return np.array(path)
 
 
-def test_torch_amsgrad_matches_pytorch_rule():
-    grads = np.array([1.0, -0.5, 2.0, 0.1, 0.1, -3.0, 0.0, 0.5])
-    opt = torch_amsgrad(0.1, eps=1e-3)
-    params = jnp.zeros(())
-    state = opt.init(params)
-    path = []
-    for g in grads:
-        updates, state = opt.update(jnp.float32(g), state, params)
-        params = optax.apply_updates(params, updates)
-        path.append(float(params))
-    np.testing.assert_allclose(path, _torch_amsgrad_numpy(grads, 0.1, 1e-3), rtol=1e-5)
+@pytest.mark.parametrize("legacy", [False, True])
+def test_torch_amsgrad_matches_pytorch_rule(legacy):
+    grads = np.array([1.0, -0.5, 2.0, 0.1, 0.1, -3.0, 0.0, 0.5, 1e-3, 1e-3])
+    path = _path(torch_amsgrad(0.1, eps=1e-3, legacy_eps=legacy), grads)
+    np.testing.assert_allclose(path, _torch_amsgrad_numpy(grads, 0.1, 1e-3, legacy=legacy), rtol=1e-5)
     # and differs from optax.amsgrad, which takes the max of the bias-corrected moment
-    assert not np.allclose(path, _optax_path(grads), rtol=1e-4)
+    assert not np.allclose(path, _path(optax.amsgrad(0.1, eps=1e-3), grads), rtol=1e-4)
 
 
-def _optax_path(grads):
-    opt = optax.amsgrad(0.1, eps=1e-3)
+def test_legacy_eps_takes_smaller_first_steps_on_small_gradients():
+    # effective eps 1e-3/√(1−0.999) = 3.2e-2 at step 1: a gradient of 1e-3 moves 0.1·1e-3/(1e-3 + 3.2e-2)
+    grads = np.full(3, 1e-3)
+    current, legacy = (_path(torch_amsgrad(0.1, eps=1e-3, legacy_eps=flag), grads) for flag in (False, True))
+    np.testing.assert_allclose(current[0], -0.1 * 1e-3 / (1e-3 + 1e-3), rtol=1e-5)
+    np.testing.assert_allclose(legacy[0], -0.1 * 1e-3 / (1e-3 + 1e-3 / np.sqrt(1e-3)), rtol=1e-5)
+
+
+def _path(opt, grads):
     params = jnp.zeros(())
     state = opt.init(params)
     out = []

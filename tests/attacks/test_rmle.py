@@ -43,7 +43,7 @@ def test_rmle_equals_a_plain_optimisation_loop():
     knowledge, _, norm = _linear_knowledge()
     z = jax.random.normal(jax.random.key(3), (2, 12))
     config = RMLEConfig(num_steps=25, learning_rate=0.05, tv_weight=0.1)
-    opt = torch_amsgrad(0.05, eps=1e-3)
+    opt = torch_amsgrad(0.05, eps=1e-3, legacy_eps=True)   # the authors' PyTorch 1.0 rule, the default
     u = jnp.zeros((2, 5, 4, 2))
     state = opt.init(u)
     for _ in range(25):
@@ -77,9 +77,12 @@ def test_bad_input():
 
 
 def _recover(model, variables, images, steps, lr):
+    # the current AMSGrad eps rule: the authors' legacy rule (effective eps 3e-2 at step 1, 2e-3 at
+    # step 300) converges too slowly for 300 steps (measured 12-02: SSIM 0.89 and 0.71 where these pass)
     knowledge = WhiteBox.from_model(model, variables)
     z, _ = model.edge_apply(variables, images)
-    x_hat = jax.jit(lambda z: rmle(knowledge, z, config=RMLEConfig(num_steps=steps, learning_rate=lr)))(z)
+    config = RMLEConfig(num_steps=steps, learning_rate=lr, legacy_eps=False)
+    x_hat = jax.jit(lambda z: rmle(knowledge, z, config=config))(z)
     return float(np.mean(metrics.ssim(np.asarray(x_hat), images)))
 
 

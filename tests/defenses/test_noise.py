@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mijax import defenses
-
+from mijax.data.transforms import Normalization
 from tests.defenses.helpers import KEY, Z, apply_features
 
 
@@ -23,6 +23,20 @@ def test_laplace_noise_statistics():
 def test_input_noise_changes_images_not_features():
     defense = defenses.gaussian_noise(sigma=0.1, on="input")
     assert defense.feature_transform is None and defense.input_transform is not None
+
+
+def test_input_noise_in_the_normalised_space_is_scaled_by_the_std_and_unclipped():
+    normalization = Normalization(mean=(0.4, 0.5), std=(0.2, 0.5))
+    x = np.full((4000, 2, 2, 2), 0.5, np.float32)
+    for make in (lambda: defenses.gaussian_noise(sigma=1.0, on="input", normalization=normalization),
+                 lambda: defenses.laplace_noise(scale=1 / np.sqrt(2), on="input", normalization=normalization)):
+        defense = make()
+        noisy = np.asarray(defense.input_transform(defense.init(), jnp.asarray(x), jax.random.key(0), train=False))
+        u = np.asarray(normalization.normalize(noisy)) - np.asarray(normalization.normalize(x))
+        np.testing.assert_allclose(u.reshape(-1, 2).std(0), [1.0, 1.0], rtol=0.03)  # unit noise, both channels
+        assert noisy.min() < 0 and noisy.max() > 1
+    with pytest.raises(ValueError, match="input noise only"):
+        defenses.gaussian_noise(sigma=1.0, normalization=normalization)
 
 
 @pytest.mark.parametrize("make,arg,bad", [
