@@ -5,8 +5,11 @@ Spec: `../shared/methods/cem.md`.
 
 1. Trains vgg11_bn_sgm (cut 4: z ∈ (0,1)^{8×8×8} at 32 px) with Gaussian feature noise σ and the CEM
    term λ·L_CEM for every (σ, λ) of the grid, **all configurations as one program** (`mijax.stacks`)
-   (`mijax.train.fit(..., sweep=True)` over stacked defense states: σ and λ are traced). The mixture
-   is refitted after every epoch from the clean eval-mode features; the log-det monitor
+   (`mijax.train.fit(..., sweep=True)` over stacked defense states: σ and λ are traced), with the
+   reference's augmentation (CIFAR: RandomCrop pad 4, HFlip, RandomRotation 15°; faces without the
+   crop) and MultiStepLR milestones (the rate drops at the start of 1-based epochs 60/120/180/210;
+   `reference_epoch1_lr0` reproduces the reference's epoch 1 at rate 0). The mixture is refitted
+   after every epoch from clean eval-mode features of the augmented training images; the log-det monitor
    (Σπ·(1/D)·log det(Σ + σ²I), averaged over classes) is logged every `monitor_every` epochs.
 2. Accuracy on the test set with test-time noise.
 3. Attacks on every configuration, one program over the stacked encoders: the noise-aware decoder attack
@@ -14,7 +17,8 @@ Spec: `../shared/methods/cem.md`.
    test[:90%] → test[90%:]), then the WGAN-GP fine-tuning of the inference-time decoder on the
    training images (the reference's choice), scored on the inference-time targets.
 4. Report: per configuration accuracy and attack MSE / SSIM / PSNR (CEM's metric mode: SSIM with
-   zero padding, PSNR per batch of 256; MSE per pixel), the robustness gain of each λ > 0 over λ = 0
+   zero padding, PSNR per batch of 256; MSE per pixel) and the reference's attack accuracy (the
+   target's top-1 on the reconstructions), the robustness gain of each λ > 0 over λ = 0
    at equal σ, the log-det curves, reconstruction grids and privacy–utility plots.
 
 Presets: `paper` follows the spec (240 epochs, SGD 0.05 with milestones, lr coupling on, full data,
@@ -76,7 +80,9 @@ class Config:
     milestones: tuple[int, ...] = (60, 120, 180, 210, 260)
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    augment: bool = True                 # random crop (pad 4) + flip; the reference also rotates ±15°
+    augment: bool = True                 # random crop (pad 4), flip, rotation (cem.md §2)
+    rotation_degrees: float = 15.0       # RandomRotation(15) of the reference's augmentation
+    reference_epoch1_lr0: bool = False   # the reference trains epoch 1 at learning rate 0 (cem.md §9)
     lr_coupling: bool = True             # s(lr) = 1 if lr < 4.1e-4 else 1e-3/lr (cem.md §8)
     num_components: int = 5
     tau: float = 0.125
@@ -148,16 +154,28 @@ def grid(config: Config) -> list[tuple[float, float]]:
 
 
 def _optimizer(config: Config, steps_per_epoch: int):
+    # MultiStepLR as the reference steps it: the rate drops at the start of (1-based) epoch m
     schedule = optax.piecewise_constant_schedule(
-        config.learning_rate, {m * steps_per_epoch: 0.2 for m in config.milestones})
+        config.learning_rate, {(m - 1) * steps_per_epoch: 0.2 for m in config.milestones})
+    if config.reference_epoch1_lr0:
+        drop_first = schedule
+        schedule = lambda step: jnp.where(step < steps_per_epoch, 0.0, drop_first(step))
     # PyTorch SGD: coupled weight decay added to the gradient before momentum
     return optax.chain(optax.add_decayed_weights(config.weight_decay),
                        optax.sgd(schedule, momentum=config.momentum)), schedule
 
 
-def _augment(key, images):
-    crop_key, flip_key = jax.random.split(key)
-    return data.random_flip(flip_key, data.random_crop(crop_key, images, padding=4))
+def _augmentation(config: Config):
+    """The reference's training transforms in order: RandomCrop(pad 4) (CIFAR), HFlip, RandomRotation."""
+    def augment(key, images):
+        crop_key, flip_key, rotation_key = jax.random.split(key, 3)
+        if config.dataset == "cifar10":
+            images = data.random_crop(crop_key, images, padding=4)
+        images = data.random_flip(flip_key, images)
+        if config.rotation_degrees:
+            images = data.random_rotation(rotation_key, images, degrees=config.rotation_degrees)
+        return images
+    return augment if config.augment else None
 
 
 def _monitor(model, variables, defense_states, images, labels, configs) -> list[float]:
@@ -178,6 +196,13 @@ def _attack_scores(x_hat, targets) -> dict[str, float]:
     scores = metrics.reconstruction_metrics(x_hat, targets, compat="cem")
     return {"mse": float(jnp.mean(scores["mse"])), "ssim": float(jnp.mean(scores["ssim"])),
             "psnr": float(metrics.batch_psnr(x_hat, targets, batch_size=256))}
+
+
+def _attack_accuracy(model, variables, x_hat, labels) -> list[float]:
+    """The reference's "attack accuracy": each target's top-1 on its own reconstructions (eval mode, no
+    noise), i.e. how much of the class the reconstructions keep."""
+    return [float(evaluate(model, jax.tree.map(lambda a: a[m], variables), x_hat[m], labels,
+                           key=jax.random.key(0))) for m in range(len(x_hat))]
 
 
 def _noisy_oracle(model, variables, noise_state):
@@ -244,7 +269,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     mesh = common.mesh_for(config)
     state = fit(model, train.images, train.labels, optimizer=optimizer, epochs=config.epochs,
                 batch_size=config.batch_size, key=train_key, defense=defense, defense_state=states,
-                sweep=True, augment=_augment if config.augment else None, workdir=workdir / "train",
+                sweep=True, augment=_augmentation(config), workdir=workdir / "train",
                 callback=callback, progress=progress,
                 description=f"train {len(configs)} configurations (one program over σ×λ)", mesh=mesh)
     timings["train"] = time.perf_counter() - t
@@ -274,8 +299,10 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
         x_hat = _reconstruct(model, state.variables, noise_state, decoders[setting], targets.images,
                              jax.random.fold_in(eval_key, i))
         timings[f"decoder {setting}"] = time.perf_counter() - t
+        attack_accuracy = _attack_accuracy(model, state.variables, x_hat, targets.labels)
         for m, row in enumerate(rows):
-            row.update({f"{setting} {k}": v for k, v in _attack_scores(x_hat[m], targets.images).items()})
+            row.update({f"{setting} {k}": v for k, v in _attack_scores(x_hat[m], targets.images).items()},
+                       **{f"{setting} attack accuracy": attack_accuracy[m]})
         grids[setting] = (targets.images, x_hat)
 
     _, targets = cem_attack_data("inference-time", test=test)
@@ -289,14 +316,17 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     x_hat = _reconstruct(model, state.variables, noise_state, generator, targets.images,
                          jax.random.fold_in(eval_key, 2))
     timings["gan"] = time.perf_counter() - t
+    attack_accuracy = _attack_accuracy(model, state.variables, x_hat, targets.labels)
     for m, row in enumerate(rows):
-        row.update({f"gan {k}": v for k, v in _attack_scores(x_hat[m], targets.images).items()})
+        row.update({f"gan {k}": v for k, v in _attack_scores(x_hat[m], targets.images).items()},
+                   **{"gan attack accuracy": attack_accuracy[m]})
     grids["gan"] = (targets.images, x_hat)
 
     gains = robustness_gains(rows, config)
     extra = {
         "metrics": "CEM mode (cem.md §12): MSE per pixel on [0,1]; SSIM Gaussian 11x11 sigma 1.5 with zero "
-                   "padding, mean over images; PSNR per batch of 256 averaged; accuracy top-1 with test-time noise",
+                   "padding, mean over images; PSNR per batch of 256 averaged; accuracy top-1 with test-time noise; "
+                   "attack accuracy: the target's own top-1 on the reconstructions (eval mode, no noise)",
         "data": f"{config.dataset}: {len(train.images)} training images (the first ones of the split), "
                 f"{len(test.images)} test images (the first ones); inference-time setting: attacker trains on "
                 f"test[:90%] and is scored on test[90%:]; training-time: attacker trains on the first "
@@ -331,7 +361,8 @@ def robustness_gains(rows, config: Config) -> list[dict]:
 
 
 def tables_markdown(rows, gains, extra) -> str:
-    columns = ["sigma", "lam", "accuracy"] + [f"{a} {m}" for a in ATTACKS for m in ("mse", "ssim", "psnr")]
+    columns = ["sigma", "lam", "accuracy"] + [f"{a} {m}" for a in ATTACKS
+                                              for m in ("mse", "ssim", "psnr", "attack accuracy")]
     gain_columns = ["sigma", "lam", "accuracy change"] + [f"{a} mse gain %" for a in ATTACKS] + \
                    [f"{a} ssim change" for a in ATTACKS]
     mean_gain = {a: float(np.mean([g[f"{a} mse gain %"] for g in gains])) for a in ATTACKS} if gains else {}

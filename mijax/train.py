@@ -374,7 +374,8 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
             from `key` and `model.defense_spec(examples_per_epoch=...)`.
         sweep: train one model per entry of the stacked `defense_state`, as one program, all from
             the same initialisation and data order.
-        augment: `augment(key, images) -> images` applied inside the step.
+        augment: `augment(key, images) -> images` applied inside the step, and to the images the
+            defense's `epoch_update` sees (CEM refits its mixture on the augmented training data).
         task_loss: the per-example task loss (`mijax.losses`; cross-entropy by default).
         variables: start from these (a previous stage's, with a leading model axis for a sweep)
             instead of `model.init`; with `mijax.optim.freeze` this is staged training, one
@@ -419,7 +420,10 @@ def fit(model: SplitModel, images, labels, *, optimizer: optax.GradientTransform
     epoch_end = None
     if defense.epoch_update is not None:
         def epoch_end(state, epoch):
-            return _epoch_update(model, defense, state, images, labels,
+            epoch_images = images
+            if augment is not None:  # the refit sees the training data as the steps do (cem.md §5)
+                epoch_images = _augmented(augment, images, jax.random.fold_in(jax.random.fold_in(epoch_key, epoch), 1))
+            return _epoch_update(model, defense, state, epoch_images, labels,
                                  jax.random.fold_in(epoch_key, epoch), sweep, mesh)
     return fit_loop(step, init(init_key, defense_state, variables), (images, labels),
                     epochs=epochs, batch_size=batch_size, key=loop_key, workdir=workdir,
@@ -437,6 +441,16 @@ def _init_program(model: SplitModel, optimizer, sweep: bool, stacked_variables: 
     def init(key, defense_state, variables):
         return init_train_state(model, optimizer, key, defense_state, variables=variables)
     return jax.jit(jax.vmap(init, (None, 0, 0 if stacked_variables else None)) if sweep else init)
+
+
+def _augmented(augment: Callable, images: np.ndarray, key: jax.Array, chunk: int = 1024) -> np.ndarray:
+    """`augment` over all images, a chunk (with its own key) at a time."""
+    fn = _jitted(augment)
+    return np.concatenate([np.asarray(fn(jax.random.fold_in(key, s), images[s:s + chunk]))
+                           for s in range(0, len(images), chunk)])
+
+
+_jitted = functools.lru_cache(maxsize=None)(jax.jit)
 
 
 def _epoch_update(model, defense, state, images, labels, key, sweep, mesh=None):

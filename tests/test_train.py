@@ -158,3 +158,17 @@ def test_task_loss_is_a_parameter(digits):
     chex.assert_trees_all_close(plain.variables, smoothed.variables, atol=1e-4)  # Adam amplifies rounding
     strong = _fit(digits, epochs=1, task_loss=losses.label_smoothing(epsilon=0.5))
     assert not np.allclose(strong.variables["params"]["fc2"]["linear"]["kernel"], plain.variables["params"]["fc2"]["linear"]["kernel"])
+
+
+def test_epoch_update_sees_the_training_images_augmented(digits):
+    # CEM refits its mixture over the augmented training loader (cem.md §5): the epoch-end feature
+    # pass gets the same augmentation as the steps (here: every image turned black)
+    x, _, _, _ = digits
+    probe = defenses.Defense(init=lambda key=None, spec=None: {"mean": jnp.zeros(())},
+                             epoch_update=lambda state, feats, labels, key: {"mean": jnp.mean(feats)})
+    black = lambda key, images: jnp.zeros_like(images)
+    state = _fit(digits, defense=probe, epochs=1, augment=black)
+    blank = MODEL.edge_apply(state.variables, jnp.zeros((1, *x.shape[1:])))[0]
+    np.testing.assert_allclose(float(state.defense_state["mean"]), float(jnp.mean(blank)), rtol=1e-5)
+    plain = _fit(digits, defense=probe, epochs=1)
+    assert abs(float(plain.defense_state["mean"]) - float(jnp.mean(blank))) > 1e-3

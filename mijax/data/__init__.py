@@ -20,7 +20,9 @@ from mijax.data.transforms import (
     from_data,
     random_crop,
     random_flip,
+    random_rotation,
     resize,
+    rotate,
 )
 
 
@@ -35,5 +37,5 @@ def __getattr__(name):  # tensorflow-datasets is imported on first use, not by `
 __all__ = [
     "BUILDERS", "CIFAR10", "Dataset", "IMAGENET", "MNIST_HALF", "Normalization", "batches",
     "eval_subset_one_per_class", "from_data", "get_builder", "load", "random_crop", "random_flip",
-    "resize",
+    "random_rotation", "resize", "rotate",
 ]

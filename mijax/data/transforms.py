@@ -174,3 +174,52 @@ def random_crop(key: jax.Array, images: ArrayLike, *, padding: int) -> jax.Array
     crop = lambda image, offset: jax.lax.dynamic_slice(
         image, (offset[0], offset[1], 0), (height, width, channels))
     return jax.vmap(crop)(padded, offsets)
+
+
+def rotate(images: ArrayLike, degrees: ArrayLike) -> jax.Array:
+    """Rotates each image counter-clockwise about its centre, nearest neighbour, zero fill.
+
+    torchvision's `F.rotate(img, angle)` on tensors (interpolation NEAREST, `expand=False`, fill 0):
+    the output pixel at continuous position p (pixel centres at index + 0.5, the origin at the image
+    centre) takes the input pixel nearest to R(−θ)·p; pixels mapped from outside the image are 0.
+
+    Args:
+        images: `[batch, height, width, channels]`.
+        degrees: `[batch]` angles in degrees (or one angle for all).
+
+    Returns:
+        `[batch, height, width, channels]`.
+    """
+    images = jnp.asarray(images)
+    _check_images(images)
+    batch, height, width, _ = images.shape
+    theta = jnp.deg2rad(jnp.broadcast_to(jnp.asarray(degrees, jnp.float32), (batch,)))
+    y, x = jnp.meshgrid(jnp.arange(height) + 0.5 - height / 2, jnp.arange(width) + 0.5 - width / 2,
+                        indexing="ij")
+
+    def one(image, t):
+        cos, sin = jnp.cos(t), jnp.sin(t)
+        # y points down, so a visually counter-clockwise turn samples (x cos − y sin, x sin + y cos)
+        col = jnp.round(x * cos - y * sin + width / 2 - 0.5).astype(jnp.int32)
+        row = jnp.round(x * sin + y * cos + height / 2 - 0.5).astype(jnp.int32)
+        inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
+        pixels = image[jnp.clip(row, 0, height - 1), jnp.clip(col, 0, width - 1)]
+        return jnp.where(inside[..., None], pixels, 0.0)
+
+    return jax.vmap(one)(images, theta)
+
+
+def random_rotation(key: jax.Array, images: ArrayLike, *, degrees: float) -> jax.Array:
+    """Rotates each image by an angle drawn uniformly from [−degrees, degrees] (see `rotate`).
+
+    torchvision's `RandomRotation(degrees)`, part of CEM's training augmentation (`cem.md` §2).
+
+    Raises:
+        ValueError: if `degrees` is negative.
+    """
+    if not degrees >= 0:
+        raise ValueError(f"expected degrees >= 0, got {degrees!r}")
+    images = jnp.asarray(images)
+    _check_images(images)
+    angles = jax.random.uniform(key, (images.shape[0],), minval=-degrees, maxval=degrees)
+    return rotate(images, angles)

@@ -104,7 +104,8 @@ class Defense(NamedTuple):
         loss: `(state, LossInputs) -> [batch]` (or scalar for batch-level terms) extra training loss.
         update: `(state, LossInputs, key) -> state`, per training step, outside the gradient.
         epoch_update: `(state, features, labels, key) -> state`, after each epoch from a clean
-            eval-mode feature pass over the training set (e.g. CEM's mixture refit).
+            eval-mode feature pass over the training set, augmented as the training steps are
+            (e.g. CEM's mixture refit).
         taps: names of layers whose outputs `loss` reads from `LossInputs.taps`.
     """
 

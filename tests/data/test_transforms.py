@@ -135,3 +135,40 @@ def test_random_crop_errors():
         data.random_crop(key, np.zeros((1, 4, 4, 1)), padding=1.5)
     with pytest.raises(ValueError, match=r"got shape \(4, 4\)"):
         data.random_crop(key, np.zeros((4, 4)), padding=1)
+
+
+def _rotate_numpy(image, degrees):
+    """torchvision's nearest-neighbour rotation, one output pixel at a time."""
+    height, width, _ = image.shape
+    t = np.deg2rad(degrees)
+    out = np.zeros_like(image)
+    for r in range(height):
+        for c in range(width):
+            x, y = c + 0.5 - width / 2, r + 0.5 - height / 2
+            src_c = int(np.round(x * np.cos(t) - y * np.sin(t) + width / 2 - 0.5))
+            src_r = int(np.round(x * np.sin(t) + y * np.cos(t) + height / 2 - 0.5))
+            if 0 <= src_r < height and 0 <= src_c < width:
+                out[r, c] = image[src_r, src_c]
+    return out
+
+
+def test_rotate_matches_a_pixel_loop_and_rot90():
+    x = _images((3, 7, 6, 2))
+    angles = np.array([15.0, -11.0, 40.0], np.float32)
+    y = np.asarray(jax.jit(data.rotate)(x, angles))
+    for i, a in enumerate(angles):
+        np.testing.assert_array_equal(y[i], _rotate_numpy(x[i], a))
+    square = _images((2, 5, 5, 1))
+    np.testing.assert_array_equal(data.rotate(square, 90.0), np.rot90(square, 1, axes=(1, 2)))  # counter-clockwise
+    np.testing.assert_array_equal(data.rotate(square, 0.0), square)
+
+
+def test_random_rotation_draws_angles_within_the_range():
+    x = np.zeros((200, 9, 9, 1), np.float32)
+    x[:, 4, 8] = 1.0                                 # one pixel on the right edge, mid-height
+    y = np.asarray(data.random_rotation(jax.random.key(0), x, degrees=15.0))
+    rows, cols = np.nonzero(y[..., 0].max(0))
+    # a turn of at most 15 degrees moves it at most round(4·sin 15°) = 1 row up or down
+    assert set(rows) <= {3, 4, 5} and len(set(rows)) == 3
+    with pytest.raises(ValueError, match="expected degrees >= 0"):
+        data.random_rotation(jax.random.key(0), x, degrees=-1.0)
