@@ -6,6 +6,7 @@ It only parses arguments and calls `experiments.<name>.run(config, workdir)`.
 from __future__ import annotations
 
 import argparse
+import inspect
 import pathlib
 import sys
 
@@ -19,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         if name == "run":
             sub.add_argument("experiment", help="experiment name (see `mijax list`)")
-        sub.add_argument("--preset", default="default", help="named config (see `mijax list`)")
+        sub.add_argument("--preset", default=None,
+                         help="named config (see `mijax list`; default: the experiment's own)")
         sub.add_argument("--workdir", type=pathlib.Path, default=None,
                          help="output folder; a rerun resumes from its checkpoints "
                               "(default: ./mijax-runs/EXPERIMENT-PRESET)")
@@ -36,7 +38,14 @@ def _list() -> None:
     for name in sorted(experiments.EXPERIMENTS):
         module = experiments.get(name)
         summary = (module.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:10s} {summary}\n{'':10s} presets: {', '.join(module.PRESETS)}")
+        default = _default_preset(module)
+        presets = ", ".join(f"{p} (default)" if p == default else p for p in module.PRESETS)
+        print(f"{name:10s} {summary}\n{'':10s} presets: {presets}")
+
+
+def _default_preset(module) -> str:
+    """The preset an experiment's `get_config()` picks without an argument."""
+    return inspect.signature(module.get_config).parameters["preset"].default
 
 
 def _run(name: str, args) -> None:
@@ -45,10 +54,11 @@ def _run(name: str, args) -> None:
     from mijax import mesh, report
 
     mesh.initialize()  # one of several processes (JAX_COORDINATOR_ADDRESS set): join them first
-    workdir = args.workdir or pathlib.Path("mijax-runs") / f"{name}-{args.preset}"
     try:
         module = experiments.get(name)
-        config = common.override(module.get_config(args.preset), args.overrides)
+        preset = args.preset or _default_preset(module)
+        workdir = args.workdir or pathlib.Path("mijax-runs") / f"{name}-{preset}"
+        config = common.override(module.get_config(preset), args.overrides)
         common.guard_workdir(workdir, config)
     except ValueError as error:
         raise SystemExit(f"mijax: error: {error}")

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+import mijax_experiments as experiments
 from mijax import cli
 from mijax.checkpoint import Checkpointer
 
@@ -45,7 +46,7 @@ def test_demo_tiny_preset_writes_every_report_file(tmp_path, capsys, monkeypatch
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["run", "nope"], "unknown experiment 'nope'; valid: cem, demo, he2019"),
+    (["run", "nope"], f"unknown experiment 'nope'; valid: {', '.join(sorted(experiments.EXPERIMENTS))}"),
     (["demo", "--preset", "huge"], "unknown preset 'huge'; valid: default, tiny"),
     (["demo", "--set", "epoch=3"], "unknown key 'epoch'; valid keys: seed, "),
     (["demo", "--set", "epochs=three"], "bad value for epochs: expected int, got 'three'"),
@@ -60,4 +61,14 @@ def test_bad_arguments_give_one_line_errors(argv, message):
 
 def test_list_and_console_script():
     result = subprocess.run([sys.executable, "-m", "mijax.cli", "list"], capture_output=True, text=True, check=True)
-    assert "demo" in result.stdout and "presets: default, tiny" in result.stdout
+    assert "demo" in result.stdout and "presets: default (default), tiny" in result.stdout
+    assert "presets: paper, smoke (default), tiny" in result.stdout   # he2019
+
+
+def test_every_experiment_runs_without_a_preset():
+    # `mijax run NAME` uses the preset its get_config() picks by default, shown by `mijax list`
+    for name in experiments.EXPERIMENTS:
+        module = experiments.get(name)
+        default = cli._default_preset(module)
+        assert default in module.PRESETS, name
+        assert module.get_config() == module.get_config(default), name

@@ -30,8 +30,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import logging
 import os
+import sys
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -73,6 +77,32 @@ def _read_records(source, keys: list[int]) -> list[dict]:
         return [source[k] for k in keys]
 
 
+def _prepare_quietly(builder, name: str) -> None:
+    """Prepares a dataset unless it is, with one line of output instead of tfds's progress bars and
+    size lines; what tfds printed is shown if preparation fails."""
+    import tensorflow_datasets as tfds
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # "Variant folder ... has no dataset_info.json" on a first run
+    try:
+        if builder.is_prepared():
+            return
+    finally:
+        absl.setLevel(level)
+    print(f"mijax: preparing {name} (first run only) in {builder.data_dir}", file=sys.stderr, flush=True)
+    chatter = io.StringIO()
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            builder.download_and_prepare()
+    except BaseException:
+        sys.stderr.write(chatter.getvalue())
+        raise
+    finally:
+        tfds.display_progress_bar(True)
+
+
 def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None = None) -> Dataset:
     """Loads one split of a dataset, preparing it first if needed (once; cached).
 
@@ -95,7 +125,7 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
     builders = importlib.import_module("mijax.data.builders")  # tensorflow-datasets, on first use
     builder = builders.get_builder(name, manual_root=data_dir)
     _check_split(split, name, builder.SPLITS)
-    builder.download_and_prepare()
+    _prepare_quietly(builder, name)
     try:
         source = builder.as_data_source(split=split)
     except (ValueError, KeyError, AssertionError) as e:

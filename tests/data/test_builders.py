@@ -71,6 +71,16 @@ def test_digits():
     assert "tensorflow" not in sys.modules
 
 
+def test_first_preparation_prints_one_line(monkeypatch, tmp_path, capfd):
+    monkeypatch.setenv("MIJAX_TFDS_DIR", str(tmp_path))
+    data.load("digits", "test")
+    out, err = capfd.readouterr()
+    assert out == "" and err.splitlines() == [f"mijax: preparing digits (first run only) in "
+                                              f"{tmp_path / 'mijax_digits' / '1.0.0'}"], (out, err)
+    data.load("digits", "train")                      # prepared: silent
+    assert capfd.readouterr() == ("", "")
+
+
 def test_mnist(mnist, data_dir):
     train, test = mnist
     _check_dataset(train, "mnist", 60000)
