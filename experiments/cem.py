@@ -360,6 +360,11 @@ def robustness_gains(rows, config: Config) -> list[dict]:
     return gains
 
 
+def report_markdown(results) -> str:
+    """`mijax report`: the tables of a finished run from its results.json."""
+    return tables_markdown(results["rows"], results["gains"], results)
+
+
 def tables_markdown(rows, gains, extra) -> str:
     columns = ["sigma", "lam", "accuracy"] + [f"{a} {m}" for a in ATTACKS
                                               for m in ("mse", "ssim", "psnr", "attack accuracy")]

@@ -78,3 +78,67 @@ def guard_workdir(workdir: pathlib.Path, config) -> None:
         if saved is not None and saved != current:
             raise ValueError(f"{workdir} holds a run with a different config; choose another --workdir "
                              f"or delete it")
+
+
+def _json(value):
+    return json.loads(json.dumps(value))
+
+
+def command_for(name: str, module, saved: dict) -> str:
+    """The `mijax run` command that resolves to the `saved` config: the preset it differs least from,
+    plus `--set` for every field that differs (the mesh is not part of a run)."""
+    best = None
+    for preset_name, config in module.PRESETS.items():
+        fields = _json(dataclasses.asdict(config))
+        diff = {k: v for k, v in saved.items() if k != "mesh" and fields.get(k) != v}
+        if best is None or len(diff) < len(best[1]):
+            best = preset_name, diff
+    preset_name, diff = best
+    text = lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v)
+    return " ".join([f"mijax run {name} --preset {preset_name}", *(f"--set {k}={text(v)}" for k, v in diff.items())])
+
+
+def render_report(workdir: str | pathlib.Path) -> str:
+    """A run's report as a markdown section, rendered from the files the run wrote (`config.json`,
+    `results.json`): the command that reproduces it, seed, versions, wall time, evaluated images and
+    the experiment's tables (its `report_markdown(results)`, or a table of the rows).
+
+    Raises:
+        ValueError: if `workdir` holds no finished run.
+    """
+    workdir = pathlib.Path(workdir)
+    paths = {name: workdir / f"{name}.json" for name in ("config", "results")}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise ValueError(f"{workdir} holds no finished run (missing {', '.join(missing)})")
+    saved, results = (json.loads(p.read_text()) for p in paths.values())
+    import mijax_experiments as experiments
+    name = saved.get("experiment")
+    if name is None:  # written before config.json named it: the experiment whose config has these fields
+        fields = lambda n: {f.name for f in dataclasses.fields(experiments.get(n).Config)}
+        matches = [n for n in experiments.EXPERIMENTS if set(saved["config"]) <= fields(n)]
+        if len(matches) != 1:
+            raise ValueError(f"{paths['config']} does not name its experiment and matches {matches or 'none'}")
+        name = matches[0]
+    module = experiments.get(name)
+    versions = saved.get("versions", {})
+    seconds = results.get("seconds")
+    if isinstance(seconds, dict):
+        seconds = seconds.get("total")
+    lines = [f"## {name}: `{command_for(name, module, saved['config'])}`", "",
+             f"- seed {saved.get('seed')}; mijax {versions.get('mijax')}, jax {versions.get('jax')}, "
+             f"flax {versions.get('flax')}, Python {versions.get('python')} on {versions.get('jax_backend')}",
+             f"- wall time: {seconds} s" if seconds is not None else "- wall time: not recorded"]
+    newer = [f.name for f in dataclasses.fields(module.Config) if f.name not in saved["config"] and f.name != "mesh"]
+    if newer:
+        lines.append(f"- run before the config had {', '.join(newer)} (today's code would use their defaults)")
+    evaluated = results.get("evaluated_images")
+    if evaluated:
+        lines.append(f"- evaluated images: {evaluated}")
+    lines.append("")
+    if hasattr(module, "report_markdown"):
+        lines.append(module.report_markdown(results))
+    else:
+        from mijax import report
+        lines += ["```", report.format_table(results.get("rows", [])), "```"]
+    return "\n".join(lines).rstrip() + "\n"

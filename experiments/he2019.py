@@ -119,7 +119,7 @@ PRESETS = {
                     whitebox_learning_rate=5e-2, inverse_images=1500, inverse_epochs=3, shadow_images=1000,
                     shadow_epochs=2, shadow_steps=150, defense_steps=100, defense_test_size=2000,
                     sigmas=(0.0, 1.0, 2.0, 4.0), laplace_scales=(0.0, 1.0, 2.0), dropout_rates=(0.0, 0.3, 0.6, 0.9)),
-    "tiny": Config(datasets=("mnist",), train_size=512, epochs=1, lr_halving_epochs=1, whitebox_steps=10,
+    "tiny": Config(datasets=("mnist",), train_size=512, epochs=1, lr_halving_epochs=1, whitebox_steps=40,
                    inverse_images=64, inverse_epochs=1, shadow_images=64, shadow_epochs=1, shadow_steps=5,
                    defense_cuts=("relu2",), defense_steps=5, sigmas=(0.0, 1.0), laplace_scales=(0.0, 1.0),
                    dropout_rates=(0.0, 0.5), input_noise=False),
@@ -313,9 +313,15 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     return {"rows": [r for r in rows if not r["table"].startswith("IoT-J")], **extra}
 
 
+def report_markdown(results) -> str:
+    """`mijax report`: the tables of a finished run from its results.json."""
+    return tables_markdown(results["rows"], results)
+
+
 def tables_markdown(rows, extra) -> str:
     """One markdown table per paper table, measured next to published."""
-    out = [f"Target test accuracy: {extra['target_accuracy']}", ""]
+    out = [f"Target test accuracy: {extra['target_accuracy']}", "",
+           f"Metrics: PSNR per image (peak 1), mean; ssim: {extra['ssim']}.", ""]
     for table in dict.fromkeys(r["table"] for r in rows):
         members = [r for r in rows if r["table"] == table]
         columns = [c for c in ("dataset", "cut", "setting", "attacker_images", "parameter", "value",

@@ -1,4 +1,4 @@
-"""The `mijax` command: `mijax demo`, `mijax run EXPERIMENT`, `mijax list`.
+"""The `mijax` command: `mijax demo`, `mijax run EXPERIMENT`, `mijax list`, `mijax report WORKDIR...`.
 
 It only parses arguments and calls `experiments.<name>.run(config, workdir)`.
 """
@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="override a config field (repeatable); tuples as comma-separated values")
         sub.add_argument("--no-progress", action="store_true", help="hide progress bars")
     commands.add_parser("list", help="list experiments and their presets")
+    sub = commands.add_parser("report", help="render finished runs' reports as markdown (for RESULTS.md)")
+    sub.add_argument("workdirs", nargs="+", type=pathlib.Path, help="workdirs of finished runs")
     return parser
 
 
@@ -69,11 +71,22 @@ def _run(name: str, args) -> None:
     print(f"\nreport written to {workdir.resolve()}")
 
 
+def _report(workdirs: list[pathlib.Path]) -> None:
+    from mijax_experiments import common
+
+    try:
+        print("\n".join(common.render_report(w) for w in workdirs), end="")
+    except ValueError as error:
+        raise SystemExit(f"mijax: error: {error}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "list":
             _list()
+        elif args.command == "report":
+            _report(args.workdirs)
         else:
             _run("demo" if args.command == "demo" else args.experiment, args)
     except FileNotFoundError as error:  # missing dataset files: the message says where to put them

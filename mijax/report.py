@@ -59,10 +59,14 @@ def _plain(value: Any) -> Any:
 
 
 def write_config(workdir: str | pathlib.Path, config: Any, *, seed: int | None = None) -> pathlib.Path:
-    """Writes `config.json`: the resolved config, the seed and the versions."""
+    """Writes `config.json`: the resolved config, the seed, the versions and, for a config defined in
+    an experiment module, the experiment's name (what `mijax report` renders it with)."""
     path = pathlib.Path(workdir) / "config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"config": _plain(config), "seed": seed, "versions": versions()}
+    package, _, name = type(config).__module__.rpartition(".")
+    if package == "mijax_experiments":
+        payload["experiment"] = name
     path.write_text(json.dumps(payload, indent=2, sort_keys=True))
     return path
 
