@@ -11,7 +11,10 @@ Spec: `../shared/methods/cem.md`.
    `reference_epoch1_lr0` reproduces the reference's epoch 1 at rate 0). The mixture is refitted
    after every epoch from clean eval-mode features of the augmented training images; the log-det monitor
    (Σπ·(1/D)·log det(Σ + σ²I), averaged over classes) is logged every `monitor_every` epochs.
-2. Accuracy on the test set with test-time noise.
+2. Model selection as the reference does it, on a held-out split instead of the test set: per
+   configuration the epoch after `select_after_epoch` with the best noisy accuracy on the last
+   `validation_images` training images (never trained on); then accuracy on the test set with
+   test-time noise.
 3. Attacks on every configuration, one program over the stacked encoders: the noise-aware decoder attack
    (res_normN_AE) in both auxiliary-data settings (training-time: train → test; inference-time:
    test[:90%] → test[90%:]), then the WGAN-GP fine-tuning of the inference-time decoder on the
@@ -44,6 +47,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import matplotlib
 
 matplotlib.use("Agg")
@@ -83,6 +87,11 @@ class Config:
     augment: bool = True                 # random crop (pad 4), flip, rotation (cem.md §2)
     rotation_degrees: float = 15.0       # RandomRotation(15) of the reference's augmentation
     reference_epoch1_lr0: bool = False   # the reference trains epoch 1 at learning rate 0 (cem.md §9)
+    # model selection (cem.md §9): the reference keeps the epoch with the best noisy *test* accuracy
+    # after its tracker's last reset (epoch 200); mijax selects on the last `validation_images`
+    # training images instead (never trained on). 0: the final epoch's model.
+    validation_images: int = 5000
+    select_after_epoch: int = 200
     lr_coupling: bool = True             # s(lr) = 1 if lr < 4.1e-4 else 1e-3/lr (cem.md §8)
     num_components: int = 5
     tau: float = 0.125
@@ -116,15 +125,17 @@ PRESETS = {
     "paper": Config(),
     "smoke": Config(width_multiplier=0.125, train_images=6400, test_images=2000, epochs=5,
                     monitor_every=1, monitor_images=1000, attack_train_images=3000,
+                    validation_images=1000, select_after_epoch=0,
                     decoder_epochs=2, decoder_blocks=1, decoder_channels=16, decoder_batch_size=64,
                     gan_epochs=1, gan_batch_size=64, gan_n_critic=5, critic_width=16),
     "faces": Config(dataset="olivetti_faces", width_multiplier=0.25, epochs=60, batch_size=32,
                     milestones=(30, 45), learning_rate=0.02, monitor_every=5,
+                    validation_images=0,  # 40 identities, few images each: all train
                     decoder_epochs=60, decoder_blocks=2, decoder_channels=32, decoder_batch_size=32,
                     gan_epochs=10, gan_batch_size=32, gan_n_critic=5, critic_width=16),
     "tiny": Config(sigmas=(0.05, 0.1), lams=(0.0, 16.0), width_multiplier=0.0625, train_images=256,
                    test_images=200, epochs=2, batch_size=64, lr_coupling=False, monitor_every=1,
-                   monitor_images=200, decoder_epochs=1, decoder_blocks=0, decoder_channels=8,
+                   monitor_images=200, validation_images=64, select_after_epoch=0, decoder_epochs=1, decoder_blocks=0, decoder_channels=8,
                    decoder_batch_size=64, gan_epochs=1, gan_batch_size=32, gan_n_critic=2, critic_width=8),
 }
 
@@ -134,18 +145,62 @@ def get_config(preset: str = "smoke") -> Config:
 
 
 def _load(config: Config):
-    """Train and test splits in [0,1] with 3 channels, and the normalisation of the edge."""
+    """Train, validation (the last `validation_images` training images, never trained on; None
+    without) and test splits in [0,1] with 3 channels, the normalisation of the edge, the classes."""
     train, test = data.load(config.dataset, "train"), data.load(config.dataset, "test")
+    validation = None
+    if config.validation_images:
+        n = len(train.images) - config.validation_images
+        validation = train._replace(images=train.images[n:], labels=train.labels[n:])
+        train = train._replace(images=train.images[:n], labels=train.labels[:n])
     if config.train_images:
         train = train._replace(images=train.images[:config.train_images], labels=train.labels[:config.train_images])
     if config.test_images:
         test = test._replace(images=test.images[:config.test_images], labels=test.labels[:config.test_images])
     if config.dataset == "cifar10":
-        return train, test, CIFAR10, 10
+        return train, validation, test, CIFAR10, 10
     rgb = lambda d: d._replace(images=np.repeat(d.images, 3, axis=-1))  # grey faces as the RGB model's input
     train, test = rgb(train), rgb(test)
+    validation = rgb(validation) if validation is not None else None
     mean, std = float(train.images.mean()), float(train.images.std())
-    return train, test, Normalization(mean=(mean,) * 3, std=(std,) * 3), int(train.labels.max()) + 1
+    return train, validation, test, Normalization(mean=(mean,) * 3, std=(std,) * 3), int(train.labels.max()) + 1
+
+
+class _Selection:
+    """The reference's model selection on a held-out split: per configuration, the epoch (after
+    `select_after_epoch`) with the best noisy validation accuracy, its variables kept on the host and
+    in `workdir/selection.npz`, so a resumed run keeps what it had selected."""
+
+    def __init__(self, path: pathlib.Path, first_epoch: int):
+        self.path, self.first_epoch, self.best = path, first_epoch, None
+        if path.exists():
+            with np.load(path) as saved:
+                self.best = {k: saved[k] for k in saved.files}
+
+    def offer(self, epoch: int, variables, accuracy: np.ndarray) -> None:
+        if epoch <= self.first_epoch:
+            return
+        gather = multihost_utils.process_allgather if jax.process_count() > 1 else (lambda a, tiled: a)
+        leaves = [np.asarray(gather(leaf, tiled=True)) for leaf in jax.tree.leaves(variables)]
+        if self.best is None:
+            self.best = {"accuracy": np.full(len(accuracy), -1.0), "epoch": np.zeros(len(accuracy), np.int32),
+                         **{f"leaf{i}": leaf for i, leaf in enumerate(leaves)}}
+        better = accuracy > self.best["accuracy"]
+        if not better.any():
+            return
+        pick = lambda new, old: np.where(better.reshape(-1, *[1] * (new.ndim - 1)), new, old)
+        self.best = {"accuracy": np.where(better, accuracy, self.best["accuracy"]),
+                     "epoch": np.where(better, epoch, self.best["epoch"]),
+                     **{f"leaf{i}": pick(leaf, self.best[f"leaf{i}"]) for i, leaf in enumerate(leaves)}}
+        if jax.process_index() == 0:  # the processes of a run hold the same selection
+            partial = self.path.with_suffix(".partial.npz")
+            np.savez(partial, **self.best)
+            partial.replace(self.path)
+
+    def variables(self, like):
+        """The selected variables in the structure of `like`."""
+        leaves = [self.best[f"leaf{i}"] for i in range(len(jax.tree.leaves(like)))]
+        return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
 
 def grid(config: Config) -> list[tuple[float, float]]:
@@ -235,7 +290,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     key = jax.random.key(config.seed)
     train_key, eval_key, attack_key = jax.random.split(key, 3)
 
-    train, test, normalization, num_classes = _load(config)
+    train, validation, test, normalization, num_classes = _load(config)
     image_size = train.images.shape[1]
     model = vgg11_bn_sgm(num_classes=num_classes, image_size=image_size, normalization=normalization,
                          width_multiplier=config.width_multiplier)
@@ -259,20 +314,31 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     history = json.loads(monitor_path.read_text()) if monitor_path.exists() else {}
     monitor_x, monitor_y = train.images[:config.monitor_images], train.labels[:config.monitor_images]
 
+    mesh = common.mesh_for(config)
+    selection = _Selection(workdir / "selection.npz", config.select_after_epoch) if validation else None
+
     def callback(step, state):
         epoch = step // steps_per_epoch
-        if step % steps_per_epoch == 0 and (epoch % config.monitor_every == 0 or epoch == config.epochs):
+        if step % steps_per_epoch != 0:
+            return
+        if epoch % config.monitor_every == 0 or epoch == config.epochs:
             history[str(epoch)] = _monitor(model, state.variables, state.defense_state, monitor_x, monitor_y, configs)
             monitor_path.write_text(json.dumps(history))
+        if selection is not None:
+            accuracy = evaluate(model, state.variables, validation.images, validation.labels, defense=defense,
+                                defense_state=state.defense_state, key=jax.random.fold_in(eval_key, epoch),
+                                sweep=True, mesh=mesh)
+            selection.offer(epoch, state.variables, np.asarray(accuracy))
 
     t = time.perf_counter()
-    mesh = common.mesh_for(config)
     state = fit(model, train.images, train.labels, optimizer=optimizer, epochs=config.epochs,
                 batch_size=config.batch_size, key=train_key, defense=defense, defense_state=states,
                 sweep=True, augment=_augmentation(config), workdir=workdir / "train",
                 callback=callback, progress=progress,
                 description=f"train {len(configs)} configurations (one program over σ×λ)", mesh=mesh)
     timings["train"] = time.perf_counter() - t
+    if selection is not None:  # the noise state is the same at every epoch: only the weights change
+        state = state._replace(variables=selection.variables(state.variables))
     accuracy = evaluate(model, state.variables, test.images, test.labels, defense=defense,
                         defense_state=state.defense_state, key=eval_key, sweep=True, mesh=mesh)
 
@@ -283,6 +349,10 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
                                num_blocks=config.decoder_blocks, channels=config.decoder_channels,
                                matmul=True)
     rows = [{"sigma": s, "lam": lam, "accuracy": float(accuracy[m])} for m, (s, lam) in enumerate(configs)]
+    if selection is not None:
+        for m, row in enumerate(rows):
+            row.update({"selected epoch": int(selection.best["epoch"][m]),
+                        "validation accuracy": float(selection.best["accuracy"][m])})
     grids, decoders = {}, {}
     attacker_train = train
     if config.attack_train_images:
@@ -328,7 +398,9 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
                    "padding, mean over images; PSNR per batch of 256 averaged; accuracy top-1 with test-time noise; "
                    "attack accuracy: the target's own top-1 on the reconstructions (eval mode, no noise)",
         "data": f"{config.dataset}: {len(train.images)} training images (the first ones of the split), "
-                f"{len(test.images)} test images (the first ones); inference-time setting: attacker trains on "
+                + (f"the split's last {len(validation.images)} held out for model selection after epoch "
+                   f"{config.select_after_epoch}, " if validation is not None else "")
+                + f"{len(test.images)} test images (the first ones); inference-time setting: attacker trains on "
                 f"test[:90%] and is scored on test[90%:]; training-time: attacker trains on the first "
                 f"{len(attacker_train.images)} training images, scored on all test images; GAN: starts from the "
                 f"inference-time decoder, trained on those training images, scored on test[90%:]",

@@ -137,6 +137,7 @@ def test_cem_tiny(data_dir, tmp_path):
             assert 0.5 * grey < mse < 2 * grey, (row, attack, grey)
             assert -1 <= row[f"{attack} ssim"] <= 1, (row, attack)
             assert 0 <= row[f"{attack} attack accuracy"] <= 1, (row, attack)
+        assert row["selected epoch"] in (1, 2) and 0 <= row["validation accuracy"] <= 1, row
 
     # the gains are λ > 0 over λ = 0 at equal σ, recomputed from the rows
     by_config = {(r["sigma"], r["lam"]): r for r in rows}
@@ -211,3 +212,17 @@ def test_report_renders_a_run_from_the_files_it_wrote(he2019_tiny):
                                             {**json.loads((workdir / "config.json").read_text())["config"],
                                              "whitebox_steps": 7, "sigmas": [0.0, 2.0]})
     assert command == "mijax run he2019 --preset tiny --set sigmas=0.0,2.0 --set whitebox_steps=7"
+
+
+def test_cem_selection_keeps_each_configurations_best_epoch_and_resumes(tmp_path):
+    selection_class = experiments.get("cem")._Selection
+    path = tmp_path / "selection.npz"
+    selection = selection_class(path, first_epoch=1)
+    weights = lambda e: {"w": np.full((3, 2), float(e))}        # three configurations' weights
+    for epoch, accuracy in [(1, [0.9, 0.9, 0.9]), (2, [0.5, 0.2, 0.1]), (3, [0.4, 0.6, 0.1]), (4, [0.3, 0.6, 0.2])]:
+        selection.offer(epoch, weights(epoch), np.array(accuracy))
+    # epoch 1 is before the window; ties keep the earlier epoch
+    np.testing.assert_array_equal(selection.best["epoch"], [2, 3, 4])
+    np.testing.assert_array_equal(selection.variables(weights(0))["w"][:, 0], [2, 3, 4])
+    resumed = selection_class(path, first_epoch=1)
+    np.testing.assert_array_equal(resumed.best["accuracy"], [0.5, 0.6, 0.2])
