@@ -1,0 +1,48 @@
+"""One small training-data-inversion setting on real MNIST, shared by the GMI and KEDMI tests.
+
+Digits 0-4 are private (the target's classes), 5-9 public (the GAN prior's images), as in the
+GMI/KEDMI MNIST setup; the evaluation classifier is another architecture trained on all ten classes
+(BiDO's DMI configuration). Everything is small so that the two attack tests stay within seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+import optax
+
+from mijax import data, train
+from mijax.models import digits_cnn, lenet
+
+PRIVATE, PUBLIC = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
+EVALUATOR_FEATURES = "relu4"   # digits_cnn's penultimate layer (fc1 + ReLU, 128 features)
+
+
+def key(seed):
+    return jax.random.key(seed, impl="rbg")   # XLA-CPU compiles threefry slowly for every new shape
+
+
+@functools.cache
+def setting(num_private: int = 2000, num_public: int = 2000):
+    """`dict` with the private/public splits, the trained target (lenet, 5 classes) and evaluator."""
+    mnist = data.load("mnist", "train")
+    private = np.isin(mnist.labels, PRIVATE)
+    public = np.isin(mnist.labels, PUBLIC)
+    x_private, y_private = mnist.images[private][:num_private], mnist.labels[private][:num_private]
+    x_public = mnist.images[public][:num_public]
+    target = lenet(cut="relu2", num_classes=len(PRIVATE))
+    target_state = train.fit(target, x_private, y_private, optimizer=optax.adam(1e-3), epochs=2, batch_size=64,
+                             key=key(0), progress=False)
+    evaluator = digits_cnn(cut=EVALUATOR_FEATURES, num_classes=10, image_size=28)
+    x_eval, y_eval = mnist.images[:4000], mnist.labels[:4000]
+    evaluator_state = train.fit(evaluator, x_eval, y_eval, optimizer=optax.adam(1e-3), epochs=3, batch_size=64,
+                                key=key(1), progress=False)
+    test = data.load("mnist", "test")
+    test_private = np.isin(test.labels, PRIVATE)
+    return {"x_private": x_private, "y_private": y_private, "x_public": x_public,
+            "target": target, "target_variables": target_state.variables,
+            "evaluator": evaluator, "evaluator_variables": evaluator_state.variables,
+            "x_test": test.images[test_private][:1000], "y_test": test.labels[test_private][:1000],
+            "x_test_all": test.images[:1000], "y_test_all": test.labels[:1000]}
