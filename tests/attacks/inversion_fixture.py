@@ -46,3 +46,30 @@ def setting(num_private: int = 2000, num_public: int = 2000):
             "evaluator": evaluator, "evaluator_variables": evaluator_state.variables,
             "x_test": test.images[test_private][:1000], "y_test": test.labels[test_private][:1000],
             "x_test_all": test.images[:1000], "y_test_all": test.labels[:1000]}
+
+
+def classifier():
+    from mijax.attacks.released import ReleasedClassifier
+    s = setting()
+    return ReleasedClassifier.from_model(s["target"], s["target_variables"])
+
+
+@functools.cache
+def gmi_prior():
+    """GMI's WGAN-GP prior on the public digits: MLPs (the conv pair costs 25x more per step on CPU),
+    30 epochs of 31 steps, lr 4e-3 (BiDO's MNIST setting), n_critic 5."""
+    from mijax.attacks.gmi import PriorConfig, train_gmi_prior
+    from mijax.models import mlp_critic, mlp_generator
+    generator = mlp_generator(latent_dim=100, image_shape=(28, 28, 1), hidden=(128, 256)).as_pure()
+    critic = mlp_critic(image_shape=(28, 28, 1), hidden=(256, 128)).as_pure()
+    return train_gmi_prior(generator, critic, setting()["x_public"], config=PriorConfig(epochs=30), key=key(2),
+                           progress=False)
+
+
+def scores(images, targets):
+    """Attack accuracy and KNN distance of `images` `[n, 28, 28, 1]` made for `targets` `[n]`."""
+    from mijax.attacks.evaluation import inversion_scores
+    s = setting()
+    return inversion_scores(s["evaluator"], s["evaluator_variables"], np.asarray(images), np.asarray(targets),
+                            private_images=s["x_private"], private_labels=s["y_private"],
+                            feature_layer=EVALUATOR_FEATURES)
