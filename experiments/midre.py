@@ -143,7 +143,8 @@ def _defense(name: str, setup: Setup, config: Config, steps_per_epoch: int):
         start = max(0, round(0.5 * config.target_epochs))
         end = max(start + 1, round(0.75 * config.target_epochs))
         schedule = losses.negative_smoothing_schedule(alpha=config.nls_alpha, steps_per_epoch=steps_per_epoch,
-                                                      start_epoch=start, end_epoch=end, reference=True)
+                                                      start_epoch=start, end_epoch=end, reference=True,
+                                                      epochs=config.target_epochs)
         return None, losses.label_smoothing(epsilon=schedule)
     if name in ("bido", "mid"):
         if importlib.util.find_spec(f"mijax.defenses.{name}") is None:

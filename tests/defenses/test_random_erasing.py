@@ -14,6 +14,10 @@ from mijax.defenses.erasing import box_mask, erasing_boxes, erasing_draws
 from mijax.models import lenet
 
 
+def _key(seed):
+    return jax.random.key(seed, impl="rbg")   # XLA-CPU compiles threefry slowly for every new shape
+
+
 def torchvision_box(draws, height, width, *, p, scale, ratio, max_attempts=10):
     """torchvision.transforms.RandomErasing: `if torch.rand(1) < p`, then `get_params` (a loop over
     attempts, `int(round(math.sqrt(...)))`, `torch.randint(0, H - h + 1)`), here from given uniforms."""
@@ -54,16 +58,16 @@ def reference_erase(images, key, *, p, scale, ratio, fill, max_attempts=10):
     ((12, 40, 2), (0.1, 0.4), (0.3, 3.3), 1.0),        # non-square image, torchvision's default ratios
 ])
 def test_erase_matches_torchvision_for_fixed_keys(shape, scale, ratio, p):
-    images = np.asarray(jax.random.uniform(jax.random.key(1), (64, *shape)))
+    images = np.asarray(jax.random.uniform(_key(1), (64, *shape)))
     fill = np.linspace(-0.5, 0.5, shape[-1]).astype(np.float32)
-    key = jax.random.key(7)
+    key = _key(7)
     got = np.asarray(defenses.erase(images, key, p=p, area=scale, aspect=ratio, fill=fill))
     want = reference_erase(images, key, p=p, scale=scale, ratio=ratio, fill=fill)
     np.testing.assert_array_equal(got, want)
 
 
 def _sides(n, height, width, **kw):
-    boxes = erasing_boxes(jax.random.key(3), n, height, width, **kw)
+    boxes = erasing_boxes(_key(3), n, height, width, **kw)
     return jax.tree.map(np.asarray, boxes)
 
 
@@ -82,7 +86,7 @@ def test_erased_area_follows_the_uniform_range_and_regions_are_squares():
     observed = np.array([(boxes.height == s).sum() for s in sides[keep]])
     assert observed.sum() == n
     chi2 = float(np.sum((observed - expected) ** 2 / expected))
-    assert chi2 < 21.0, chi2    # 95% quantile of chi-square with 11 dof: 19.7; measured 8.9
+    assert len(expected) == 10 and chi2 < 21.7, chi2   # 99% quantile of chi-square, 9 dof: 21.7; measured 5.2
     area = boxes.height.astype(float) ** 2 / side ** 2
     assert abs(area.mean() - 0.25) < 0.005 and area.min() >= (5.5 ** 2) / 784
     # the corners are uniform over the 28 − s + 1 positions: the top's mean is (28 − s)/2
@@ -96,8 +100,8 @@ def test_erased_area_follows_the_uniform_range_and_regions_are_squares():
 
 def test_p_zero_erases_nothing_and_p_one_everything():
     images = jnp.ones((32, 16, 16, 1))
-    assert np.array_equal(defenses.erase(images, jax.random.key(0), p=0.0, area=(0.1, 0.4), fill=0.0), images)
-    out = np.asarray(defenses.erase(images, jax.random.key(0), p=1.0, area=(0.1, 0.4), fill=0.0))
+    assert np.array_equal(defenses.erase(images, _key(0), p=0.0, area=(0.1, 0.4), fill=0.0), images)
+    out = np.asarray(defenses.erase(images, _key(0), p=1.0, area=(0.1, 0.4), fill=0.0))
     assert (out.reshape(32, -1).min(axis=1) == 0).all()
 
 
@@ -120,13 +124,13 @@ def test_the_defense_erases_only_in_training_and_in_normalised_space():
     model = lenet(cut="relu2", num_classes=5)
     norm = model.normalization
     defense = defenses.random_erasing(fill=(0.485,))
-    state = defense.init(jax.random.key(0), model.defense_spec())
+    state = defense.init(_key(0), model.defense_spec())
     # the fill is the normalised-space constant: its pixel value denormalises to it
     np.testing.assert_allclose(state["fill"], 0.485 * np.asarray(norm.std) + np.asarray(norm.mean), rtol=1e-6)
-    x = jax.random.uniform(jax.random.key(2), (8, 28, 28, 1))
-    variables = model.init(jax.random.key(0))
+    x = jax.random.uniform(_key(2), (8, 28, 28, 1))
+    variables = model.init(_key(0))
     run = jax.jit(lambda state, train, d: pipeline.run(model, variables, x, defense=d, defense_state=state,
-                                                       key=jax.random.key(5), train=train), static_argnums=(1, 2))
+                                                       key=_key(5), train=train), static_argnums=(1, 2))
     clean = run((), False, None)
     evaluated = run(state, False, defense)
     np.testing.assert_array_equal(evaluated.images, x)                # never at inference
@@ -141,7 +145,7 @@ def test_the_defense_erases_only_in_training_and_in_normalised_space():
 def test_full_erasing_and_bad_settings():
     x = jnp.full((4000, 4, 4, 1), 0.5)
     defense = defenses.full_erasing(p=0.25, fill_space="pixel", fill=0.0)
-    out = np.asarray(defense.input_transform(defense.init(), x, jax.random.key(0), train=True))
+    out = np.asarray(defense.input_transform(defense.init(), x, _key(0), train=True))
     whole = (out.reshape(len(out), -1) == 0).all(axis=1)
     assert abs(whole.mean() - 0.25) < 0.03 and np.all((out == 0) | (out == 0.5))
     with pytest.raises(ValueError, match="p"):
