@@ -60,6 +60,8 @@ class KedmiPriorConfig:
         n_critic: discriminator steps per generator step (5).
         unlabelled_weight: w_u on the unlabelled/fake term (10).
         entropy_weight: weight of the generator's entropy term (1e-4).
+        train_generator: update the generator (the reference); False trains only the discriminator
+            against a fixed generator (e.g. GMI's, passed as `generator_variables`).
     """
 
     latent_dim: int = 100
@@ -71,6 +73,7 @@ class KedmiPriorConfig:
     n_critic: int = 5
     unlabelled_weight: float = 10.0
     entropy_weight: float = 1e-4
+    train_generator: bool = True
 
     def validate(self) -> None:
         if min(self.latent_dim, self.epochs, self.batch_size, self.n_critic) < 1:
@@ -116,7 +119,8 @@ def _features(discriminator: Sequential, variables, x):
 
 def train_kedmi_prior(generator: Pure, discriminator: Sequential, classifier: ReleasedClassifier, public_images, *,
                       config: KedmiPriorConfig = KedmiPriorConfig(), key: jax.Array,
-                      workdir: str | pathlib.Path | None = None, progress: bool = True) -> TrainedPrior:
+                      generator_variables=None, workdir: str | pathlib.Path | None = None,
+                      progress: bool = True) -> TrainedPrior:
     """Trains KEDMI's inversion-specific GAN on public images with the target's soft labels.
 
     Args:
@@ -127,6 +131,7 @@ def train_kedmi_prior(generator: Pure, discriminator: Sequential, classifier: Re
         public_images: `[num, height, width, channels]` in [0, 1].
         config: the settings.
         key: PRNG key.
+        generator_variables: start the generator from these (default: `generator.init`).
         workdir: checkpoint folder (None: none); a rerun resumes.
         progress: show a progress bar.
 
@@ -153,8 +158,9 @@ def train_kedmi_prior(generator: Pure, discriminator: Sequential, classifier: Re
     adam = optax.adam(config.learning_rate, b1=config.b1, b2=config.b2)
     generator_key, discriminator_key, loop_key = jax.random.split(key, 3)
 
-    def init():
-        g, d = generator.init(generator_key), discriminator.init(discriminator_key)
+    def init(start):
+        g = generator.init(generator_key) if start is None else start
+        d = discriminator.init(discriminator_key)
         return KedmiState(jnp.zeros((), jnp.int32), g, d, adam.init(g["params"]), adam.init(d["params"]))
 
     def step(state: KedmiState, batch, key, public, classifier):
@@ -194,12 +200,15 @@ def train_kedmi_prior(generator: Pure, discriminator: Sequential, classifier: Re
         def skip(_):
             return state.generator, state.generator_opt_state, jnp.full((), jnp.nan, jnp.float32)
 
-        g_vars, g_opt, g_loss = jax.lax.cond((state.step + 1) % config.n_critic == 0, generator_step, skip, None)
+        update_generator = ((state.step + 1) % config.n_critic == 0) & config.train_generator
+        g_vars, g_opt, g_loss = jax.lax.cond(update_generator, generator_step, skip, None)
         metrics = {"discriminator_loss": d_loss, "labelled": labelled, "unlabelled": unlabelled_term,
                    "generator_loss": g_loss}
         return KedmiState(state.step + 1, g_vars, d_vars, g_opt, d_opt), metrics
 
-    state = fit_loop(step, jax.jit(init)(), (images,), epochs=config.epochs, batch_size=config.batch_size,
+    start = None if generator_variables is None else jax.tree.map(lambda a: jnp.array(a, copy=True),
+                                                                  generator_variables)
+    state = fit_loop(step, jax.jit(init)(start), (images,), epochs=config.epochs, batch_size=config.batch_size,
                      key=loop_key, step_args=(jnp.asarray(images), classifier), workdir=workdir, progress=progress,
                      description="kedmi prior")
     return TrainedPrior(generator, discriminator, state.generator, state.discriminator, config.latent_dim)
