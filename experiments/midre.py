@@ -112,10 +112,10 @@ class Config:
 
 
 PRESETS = {
-    "tiny": Config(defenses=("none", "erasing_0.4"), seeds=(0,), num_private=256, num_public=256, num_evaluator=512,
+    "tiny": Config(defenses=("erasing_0.4",), seeds=(0,), num_private=256, num_public=256, num_evaluator=512,
                    num_test=128, target_epochs=1, evaluator_epochs=1, gmi_prior_epochs=1, gmi_iterations=3,
                    gmi_restarts=2, kedmi_prior_epochs=1, kedmi_iterations=3, kedmi_samples=2, gan_width=32,
-                   split_defenses=("none", "erasing_0.4"), split_images=5, rmle_steps=3, decoder_epochs=1),
+                   split_defenses=("erasing_0.4",), split_images=5, rmle_steps=3, decoder_epochs=1),
     "smoke": Config(),
     "paper": Config(datasets=("mnist", "cifar10"), seeds=(0, 1, 2), num_private=0, num_public=0, num_evaluator=0,
                     num_test=0, target_epochs=100, gan="conv", gan_width=64, gmi_prior_epochs=300,

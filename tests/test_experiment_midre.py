@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 import mijax_experiments as experiments
 
 
+@pytest.mark.slow
 def test_midre_tiny_writes_every_report_file(data_dir, tmp_path):
     module = experiments.get("midre")
     config = module.get_config("tiny")

@@ -60,6 +60,7 @@ def test_gmi_latent_update_is_the_reference_nesterov_step():
     assert result.images.shape == (3, 2, 2, 2, 1) and result.best.shape == (3,)
 
 
+@pytest.mark.slow
 def test_gmi_reconstructs_the_private_classes_of_an_undefended_mnist_target():
     # measured (12-02, 2000 private digits 0-4, lenet target 93.8% test accuracy; evaluator digits_cnn
     # on all ten classes, 89%; MLP WGAN-GP prior on 2000 public digits 5-9, 30 epochs): GMI with 300

@@ -103,6 +103,7 @@ def test_kedmi_prior_trains_and_checks_its_discriminator():
         train_kedmi_prior(generator, generator, classifier, public, key=fx.key(4))
 
 
+@pytest.mark.slow
 def test_kedmi_reconstructs_the_private_classes_of_an_undefended_mnist_target():
     # measured (12-02, the setting of test_gmi; KEDMI's discriminator trained 10 epochs with the target's
     # soft labels against the frozen GMI generator, see inversion_fixture.kedmi_prior): 300 Adam steps on
