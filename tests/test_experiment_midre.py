@@ -26,4 +26,4 @@ def test_midre_tiny_writes_every_report_file(data_dir, tmp_path):
     assert {(r["defense"], r["attack"]) for r in split} == {(d, a) for d in config.split_defenses
                                                            for a in ("rMLE", "decoder")}
     assert len(results["summary"]) == len(config.defenses)
-    assert "| none |" in (tmp_path / "tables.md").read_text()
+    assert "| mnist | erasing_0.4 | 1 |" in (tmp_path / "tables.md").read_text()
