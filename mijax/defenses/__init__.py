@@ -20,3 +20,8 @@ from mijax.defenses.decorrelation import distance_correlation, nopeek  # noqa: E
 
 __all__ += ["adversarial_decoder", "deep_obfuscator", "distance_correlation", "nopeek",
             "upsampling_decoder"]
+
+from mijax.defenses.bido import bilateral_dependency  # noqa: E402
+from mijax.defenses.mid import vib_bottleneck, vib_kl  # noqa: E402
+
+__all__ += ["bilateral_dependency", "vib_bottleneck", "vib_kl"]
