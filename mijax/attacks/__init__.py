@@ -19,3 +19,7 @@ __all__ = ["BlackBox", "QueryFree", "WhiteBox", "RMLEConfig", "rmle", "InverseNe
            "inverse_network", "train_inverse_network", "ShadowConfig", "TrainedShadow", "he2019_shadow",
            "shadow_attack", "train_shadow", "DecoderAttackConfig", "decoder_attack", "train_decoder_attack",
            "GanConfig", "gan_finetune"]
+
+from mijax.attacks.mine import MIEstimate, MINEConfig, estimate_mutual_information  # noqa: E402
+
+__all__ += ["MIEstimate", "MINEConfig", "estimate_mutual_information"]
