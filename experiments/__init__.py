@@ -11,6 +11,7 @@ EXPERIMENTS = {
     "he2019": "mijax_experiments.he2019",
     "cem": "mijax_experiments.cem",
     "midre": "mijax_experiments.midre",
+    "siftfunnel": "mijax_experiments.siftfunnel",
 }
 
 

@@ -28,3 +28,7 @@ from mijax.attacks.evaluation import inversion_scores, knn_distance  # noqa: E40
 __all__ += ["ReleasedClassifier", "GmiConfig", "InversionResult", "PriorConfig", "TrainedPrior", "gmi_attack",
             "train_gmi_prior", "KedmiConfig", "KedmiPriorConfig", "kedmi_attack", "train_kedmi_prior",
             "inversion_scores", "knn_distance"]
+
+from mijax.attacks.mine import MIEstimate, MINEConfig, estimate_mutual_information  # noqa: E402
+
+__all__ += ["MIEstimate", "MINEConfig", "estimate_mutual_information"]

@@ -21,3 +21,7 @@ __all__ += ["decoder_for", "he2019_decoder"]
 from mijax.models.inversion_gan import kedmi_discriminator, mlp_critic, mlp_generator  # noqa: E402
 
 __all__ += ["kedmi_discriminator", "mlp_critic", "mlp_generator"]
+
+from mijax.models.funnel import classifier_4, pv4_classifier_4  # noqa: E402
+
+__all__ += ["classifier_4", "pv4_classifier_4"]
