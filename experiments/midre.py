@@ -17,7 +17,9 @@ evaluator over every reconstruction, no FID filter) and KNN distance (min square
 the private training images of the class). Defenses: none; random erasing with area U[0.1, 0.4] and
 U[0.1, 0.8] (p = 1, squares, the MIDRE fill in normalised space); the ablations fixed location (the
 square at the centre) and full erasure of the same expected area (p = 0.25 of whole images); negative
-label smoothing (reference schedule, scaled to the run's epochs); BiDO and MID when their modules
+label smoothing (reference schedule, scaled to the run's epochs); BiDO (HSIC on three hidden
+layers, (λ_x, λ_y) = (0.05, 0.5)) and MID (VIB with β = 0.01 on the penultimate features, the code's
+mean at inference) when their modules
 (`mijax.defenses.bido`, `mijax.defenses.mid`) exist (otherwise listed under `skipped`).
 KEDMI's prior in `smoke`/`tiny` (`kedmi_generator="gmi"`) is its K+1-class discriminator trained with
 KEDMI's loss against GMI's frozen generator: at CPU budgets KEDMI's own feature-matching generator
@@ -66,14 +68,17 @@ class Setup(NamedTuple):
     feature_layer: str
     fill: tuple[float, ...]
     split_cut: str
+    mid_cut: str             # MID's bottleneck sits on the target's penultimate features
+    bido_taps: tuple[str, ...]
 
 
 SETUPS = {
     "mnist": Setup(lambda cut="relu2": lenet(cut=cut, num_classes=5),
-                   lambda: digits_cnn(cut="relu4", num_classes=10, image_size=28), "relu4", (0.485,), "conv1"),
+                   lambda: digits_cnn(cut="relu4", num_classes=10, image_size=28), "relu4", (0.485,), "conv1",
+                   "relu4", ("relu1", "relu2", "relu3")),
     "cifar10": Setup(lambda cut="relu22": cifar10cnn(cut=cut, num_classes=5),
                      lambda: resnet20_cem(cut="pool", num_classes=10, image_size=32), "pool",
-                     (0.485, 0.456, 0.406), "relu22"),
+                     (0.485, 0.456, 0.406), "relu22", "fc1_sigmoid", ("relu11", "relu22", "relu32")),
 }
 
 
@@ -93,6 +98,9 @@ class Config:
     evaluator_epochs: int = 3
     batch_size: int = 64
     nls_alpha: float = -0.05
+    mid_beta: float = 0.01           # CEM's vendored values 0.003, 0.01, 0.02
+    bido_lambda_x: float = 0.05      # BiDO's example (lambda_x, lambda_y) = (0.05, 0.5)
+    bido_lambda_y: float = 0.5
     gan: str = "mlp"                 # "mlp" (CPU) or "conv" (decoder_for generator, DGWGAN32 / KEDMI critic)
     gan_width: int = 128
     gmi_prior_epochs: int = 30
@@ -154,9 +162,11 @@ def _defense(name: str, setup: Setup, config: Config, steps_per_epoch: int):
     if name in ("bido", "mid"):
         if importlib.util.find_spec(f"mijax.defenses.{name}") is None:
             return None
-        module = importlib.import_module(f"mijax.defenses.{name}")
-        factory = getattr(module, name)
-        return factory(), losses.cross_entropy
+        if name == "mid":   # VIB before the last layers (the reference's penultimate features), beta 0.01
+            return defenses.vib_bottleneck(beta=config.mid_beta, sample_at_inference=False), losses.cross_entropy
+        return (defenses.bilateral_dependency(lambda_x=config.bido_lambda_x, lambda_y=config.bido_lambda_y,
+                                              taps=setup.bido_taps, normalization=setup.target().normalization),
+                losses.cross_entropy)
     raise ValueError(f"unknown defense {name!r}; valid: {', '.join(DEFENSES)}")
 
 
@@ -263,14 +273,16 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
             for seed in config.seeds:
                 key = jax.random.fold_in(jax.random.fold_in(root, 100 + seed), DEFENSES.index(defense_name))
                 run_dir = workdir / name / defense_name / f"seed{seed}"
-                model = setup.target()
+                model = setup.target(setup.mid_cut) if defense_name == "mid" else setup.target()
                 state = fit(model, x_private, y_private, optimizer=optax.adam(config.target_learning_rate),
                             epochs=config.target_epochs, batch_size=config.batch_size, key=key, defense=defense,
                             task_loss=task_loss, workdir=run_dir / "target", progress=progress,
                             description=f"{defense_name} target")
                 variables = state.variables
-                accuracy = float(evaluate(model, variables, x_test, y_test, key=key))
-                classifier = ReleasedClassifier.from_model(model, variables)
+                accuracy = float(evaluate(model, variables, x_test, y_test, defense=defense,
+                                          defense_state=state.defense_state, key=key))
+                classifier = ReleasedClassifier.from_model(model, variables, defense=defense,
+                                                           defense_state=state.defense_state)
                 gmi = gmi_attack(classifier, gmi_prior, targets, key=jax.random.fold_in(key, 1), config=GmiConfig(
                     iterations=config.gmi_iterations, restarts=config.gmi_restarts))
                 own = config.kedmi_generator == "kedmi"

@@ -17,8 +17,24 @@ from typing import Any, Callable
 import jax
 
 from mijax.attacks.knowledge import EvalProgram, _check_program
+from mijax.defenses.base import Defense
 from mijax.nn import Variables
+from mijax.pipeline import run
 from mijax.split import SplitModel
+
+
+@dataclasses.dataclass(frozen=True)
+class DeployedClassifier:
+    """`((variables, defense_state), x) -> logits`: the pipeline with its defense in eval mode (fixed key:
+    a defense that samples at inference gives one fixed draw per call)."""
+
+    model: SplitModel
+    defense: Defense
+
+    def __call__(self, state, x):
+        variables, defense_state = state
+        return run(self.model, variables, x, defense=self.defense, defense_state=defense_state,
+                   key=jax.random.key(0)).logits
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["variables"],
@@ -48,7 +64,12 @@ class ReleasedClassifier:
         return self.program(self.variables, x)
 
     @classmethod
-    def from_model(cls, model: SplitModel, variables: Variables) -> ReleasedClassifier:
-        """The whole split model (edge, cloud and tail) as released: `model.forward` in eval mode."""
-        return cls(EvalProgram(model, "forward"), variables, input_shape=model.input_shape,
+    def from_model(cls, model: SplitModel, variables: Variables, *, defense: Defense | None = None,
+                   defense_state: Any = None) -> ReleasedClassifier:
+        """The whole split model (edge, cloud and tail) as released: `model.forward` in eval mode, or
+        with `defense` the deployed pipeline (its eval-mode transforms, e.g. MID's bottleneck)."""
+        if defense is None:
+            return cls(EvalProgram(model, "forward"), variables, input_shape=model.input_shape,
+                       num_classes=model.num_classes)
+        return cls(DeployedClassifier(model, defense), (variables, defense_state), input_shape=model.input_shape,
                    num_classes=model.num_classes)
