@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mijax import defenses, pipeline
+from mijax.attacks.released import ReleasedClassifier
 from mijax.data.transforms import Normalization
 from mijax.defenses.erasing import box_mask, erasing_boxes, erasing_draws
 from mijax.models import lenet
@@ -135,6 +136,8 @@ def test_the_defense_erases_only_in_training_and_in_normalised_space():
     evaluated = run(state, False, defense)
     np.testing.assert_array_equal(evaluated.images, x)                # never at inference
     np.testing.assert_array_equal(evaluated.logits, clean.logits)
+    released = ReleasedClassifier.from_model(model, variables, defense=defense, defense_state=state)
+    np.testing.assert_allclose(jax.jit(released.logits)(x), clean.logits, rtol=1e-5, atol=1e-6)
     trained = run(state, True, defense)
     changed = np.asarray(trained.images != x).reshape(8, -1)
     assert changed.any(axis=1).all()                                     # p = 1: every training image
