@@ -266,6 +266,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
             "edge_params": params, "edge_flops": flops, "transmitted_floats": int(math.prod(model.feature_shape())),
         })
         grids[name] = x_hat
+        report.write_results(workdir, rows, extra={"partial": True})  # a long run's finished rows survive
         grids[f"{name} (white-box)"] = np.concatenate([wb, np.zeros_like(x_hat[len(wb):])])[:len(x_hat)]
     report.reconstruction_grid(workdir / "reconstructions.png", targets, grids, title="SiftFunnel: decoder and white-box")
     report.privacy_utility_plot(workdir / "privacy_utility.png", [{**r, "index": i} for i, r in enumerate(rows)],
