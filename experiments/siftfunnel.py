@@ -182,7 +182,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
 
     trained = {  # name: (model, training defense, task loss)
         "unprotected": (plain, None, losses.cross_entropy),
-        "siftfunnel": (funnel, defenses.siftfunnel(normalization=funnel.normalization), no_task_loss),
+        "siftfunnel": (funnel, defenses.siftfunnel_objective(normalization=funnel.normalization), no_task_loss),
         "mid": (plain, defenses.vib_bottleneck(beta=config.mid_beta), losses.cross_entropy),
         "bido": (plain, defenses.bilateral_dependency(lambda_x=config.bido_lambda_x, lambda_y=config.bido_lambda_y,
                                                       normalization=plain.normalization), losses.cross_entropy),
@@ -208,7 +208,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
             frozen = tuple(model.network.names[:model.network.index("up")])
             stage = optax.chain(optax.add_decayed_weights(config.weight_decay),
                                 torch_amsgrad(1e-5, b1=0.5, b2=0.999))
-            task_only = defenses.siftfunnel(beta=0.0, gamma=0.0, l1=0.0)
+            task_only = defenses.siftfunnel_objective(beta=0.0, gamma=0.0, l1=0.0)
             dormant = fit(model, x, y, optimizer=freeze(stage, frozen=frozen), epochs=config.dormant_epochs,
                           batch_size=config.batch_size, key=jax.random.fold_in(key, 99), defense=task_only,
                           task_loss=no_task_loss, variables=fitted[name].variables,
@@ -266,6 +266,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
             "edge_params": params, "edge_flops": flops, "transmitted_floats": int(math.prod(model.feature_shape())),
         })
         grids[name] = x_hat
+        report.write_results(workdir, rows, extra={"partial": True})  # a long run's finished rows survive
         grids[f"{name} (white-box)"] = np.concatenate([wb, np.zeros_like(x_hat[len(wb):])])[:len(x_hat)]
     report.reconstruction_grid(workdir / "reconstructions.png", targets, grids, title="SiftFunnel: decoder and white-box")
     report.privacy_utility_plot(workdir / "privacy_utility.png", [{**r, "index": i} for i, r in enumerate(rows)],

@@ -32,7 +32,7 @@ __all__ += ["bilateral_dependency", "vib_bottleneck", "vib_kl"]
 
 from mijax.defenses.local_dp import local_dp_noise  # noqa: E402
 from mijax.defenses.siftfunnel import (channel_correlation_penalty, effective_information_volume,  # noqa: E402
-                                       no_task_loss, siftfunnel)
+                                       no_task_loss, siftfunnel_objective)
 
 __all__ += ["channel_correlation_penalty", "effective_information_volume", "local_dp_noise", "no_task_loss",
-            "siftfunnel"]
+            "siftfunnel_objective"]

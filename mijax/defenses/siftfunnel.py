@@ -74,7 +74,7 @@ def smoothed_kl(logits: ArrayLike, labels: ArrayLike, *, epsilon: ArrayLike = 0.
 
 
 def no_task_loss(logits, labels, step=None) -> jax.Array:
-    """A zero task loss, for training with `siftfunnel(...)`, which carries its own α·KL term."""
+    """A zero task loss, for training with `siftfunnel_objective(...)`, which carries its own α·KL term."""
     del step
     return jnp.zeros(logits.shape[:1])
 
@@ -94,7 +94,7 @@ def effective_information_volume(z: ArrayLike) -> jax.Array:
     return jnp.mean(jnp.sum((z != 0).reshape(z.shape[0], -1), axis=1).astype(jnp.float32))
 
 
-def siftfunnel(*, alpha: ArrayLike = 5.0, beta: ArrayLike = 2.0, gamma: ArrayLike = 2.0, l1: ArrayLike = 0.03,
+def siftfunnel_objective(*, alpha: ArrayLike = 5.0, beta: ArrayLike = 2.0, gamma: ArrayLike = 2.0, l1: ArrayLike = 0.03,
                epsilon: ArrayLike = 0.25, normalization: Normalization | None = None,
                tap: str | None = None) -> Defense:
     """SiftFunnel's objective as a `Defense` (module docstring); train with `task_loss=no_task_loss`.
@@ -118,7 +118,7 @@ def siftfunnel(*, alpha: ArrayLike = 5.0, beta: ArrayLike = 2.0, gamma: ArrayLik
 
     Example:
         >>> model = pv4_classifier_4()
-        >>> fit(model, x, y, optimizer=..., defense=siftfunnel(normalization=model.normalization),
+        >>> fit(model, x, y, optimizer=..., defense=siftfunnel_objective(normalization=model.normalization),
         ...     task_loss=no_task_loss, ...)
     """
     settings = {"alpha": check_scalar("alpha", alpha), "beta": check_scalar("beta", beta),

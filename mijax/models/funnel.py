@@ -9,7 +9,7 @@ reference's `feat[block_idx − 1]`):
              funnel  Conv1×1(64→16)+BN → ReLU → MaxPool → Conv1×1(16→12) → Conv3×3(12→12) → SiLU
                      → Conv1×1(12→12) → Conv3×3(12→12) → Conv5×5(12→12) → ReLU → SE(12, r 4)
                      → CBAM(12, r 6)                                                   z: 12×16×16
-      cloud: up      Conv3×3(12→128) → Conv3×3(128→128)+BN → ReLU → triplet attention  (channel
+      cloud: up      Conv3×3(12→128) → Conv3×3(128→128)+BN → ReLU → triplet attention  (no bias; channel
                      up-projection, "cloud-based upsampling"; still 16×16)
              block3  Conv3×3(128→256)+BN → MaxPool → ReLU;  block4  Conv3×3(256→512)+BN → MaxPool → ReLU
              fc1 (8192 → 5K) → dropout (0.5) → fc2 (5K → K)
@@ -89,7 +89,9 @@ class UpBlock(nnx.Module):
     """The cloud's channel up-projection: Conv3×3(C→c) → Conv3×3(c→c) → BN → ReLU → triplet attention."""
 
     def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs):
-        self.conv1, self.conv2 = _conv(cin, cout, 3, rngs), _conv(cout, cout, 3, rngs)
+        # the reference's Up convolutions have no bias (bias=False), unlike the edge's
+        self.conv1 = Conv2d(cin, cout, 3, padding=1, use_bias=False, rngs=rngs)
+        self.conv2 = Conv2d(cout, cout, 3, padding=1, use_bias=False, rngs=rngs)
         self.bn, self.triplet = BatchNorm(cout, rngs=rngs), TripletAttention(rngs=rngs)
 
     def __call__(self, x, *, train=False, key=None):

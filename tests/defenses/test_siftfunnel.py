@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from mijax.data.transforms import CIFAR10
-from mijax.defenses import LossInputs, channel_correlation_penalty, effective_information_volume, local_dp_noise, siftfunnel
+from mijax.defenses import (LossInputs, channel_correlation_penalty, effective_information_volume, local_dp_noise,
+                            siftfunnel_objective)
 from mijax.defenses.siftfunnel import smoothed_kl
 from tests.defenses.test_decorrelation import dcor_loop
 
@@ -45,7 +46,7 @@ def test_objective_matches_numpy_terms():
     labels = jnp.array([0, 1, 2, 1])
     logits = jax.random.normal(jax.random.key(2), (4, 3))
     inputs = LossInputs(images, labels, Z, Z, logits)
-    defense = siftfunnel(normalization=CIFAR10)
+    defense = siftfunnel_objective(normalization=CIFAR10)
     p = np.exp(np.asarray(logits, np.float64)); p /= p.sum(1, keepdims=True)
     target = np.full((4, 3), 0.25 / 2); target[np.arange(4), labels] = 0.75
     kl = np.sum(target * (np.log(target) - np.log(p)), 1)
@@ -53,7 +54,7 @@ def test_objective_matches_numpy_terms():
     expected = (5 * kl + 2 * dcor_loop(CIFAR10.normalize(images), Z, squared=True)
                 + 0.03 * np.mean(np.abs(np.asarray(Z))) + 2 * penalty_loop(Z))
     np.testing.assert_allclose(defense.loss(defense.init(), inputs), expected, rtol=1e-4)
-    tapped = siftfunnel(alpha=0.0, beta=0.0, l1=0.0, tap="block1")
+    tapped = siftfunnel_objective(alpha=0.0, beta=0.0, l1=0.0, tap="block1")
     assert tapped.taps == ("block1",)
     np.testing.assert_allclose(tapped.loss(tapped.init(), inputs._replace(taps={"block1": Z * 2})),
                                2 * penalty_loop(Z), rtol=1e-5)
@@ -83,4 +84,4 @@ def test_bad_input():
     with pytest.raises(ValueError, match="expected z of shape"):
         channel_correlation_penalty(jnp.ones((4, 5)))
     with pytest.raises(ValueError, match="expected gamma"):
-        siftfunnel(gamma=-1.0)
+        siftfunnel_objective(gamma=-1.0)

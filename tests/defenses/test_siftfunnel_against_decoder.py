@@ -28,7 +28,7 @@ def outcomes():
     kw = dict(image_size=SIZE, width=8, channels=1, normalization=MNIST_HALF)
     plain, funnel = classifier_4(**kw), pv4_classifier_4(**kw)
     runs = {"unprotected": (plain, None, losses.cross_entropy),
-            "siftfunnel": (funnel, defenses.siftfunnel(normalization=MNIST_HALF), defenses.no_task_loss),
+            "siftfunnel": (funnel, defenses.siftfunnel_objective(normalization=MNIST_HALF), defenses.no_task_loss),
             "mid": (plain, defenses.vib_bottleneck(beta=1e-4), losses.cross_entropy),
             "bido": (plain, defenses.bilateral_dependency(lambda_x=0.05, lambda_y=0.5, normalization=MNIST_HALF),
                      losses.cross_entropy)}
