@@ -10,6 +10,8 @@ EXPERIMENTS = {
     "demo": "mijax_experiments.demo",
     "he2019": "mijax_experiments.he2019",
     "cem": "mijax_experiments.cem",
+    "midre": "mijax_experiments.midre",
+    "siftfunnel": "mijax_experiments.siftfunnel",
 }
 
 

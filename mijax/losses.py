@@ -45,24 +45,40 @@ def label_smoothing(*, epsilon: float | Callable[[jax.Array], jax.Array]) -> Tas
 
 
 def negative_smoothing_schedule(*, alpha: float, steps_per_epoch: int, start_epoch: int = 50,
-                                end_epoch: int = 75, reference: bool = False) -> Callable[[jax.Array], jax.Array]:
-    """The negative-label-smoothing schedule `step -> ε` (`random_erasing.md`, NLS baseline).
+                                end_epoch: int = 75, reference: bool = False,
+                                epochs: int | None = None) -> Callable[[jax.Array], jax.Array]:
+    """The negative-label-smoothing schedule `step -> ε` (Struppek et al. ICLR 2024; MIDRE's NLS baseline).
 
-    ε = 0 before `start_epoch`, then a linear ramp to `alpha` at `end_epoch`, constant afterwards.
-    `reference=True` copies the reference code's quirk: the ramp reaches only α/2 by the epoch before
-    `end_epoch` and ε jumps to α there [the ramp's exact form is unverified].
+    Clean ramp (default): ε = 0 before `start_epoch`, linear to `alpha` at `end_epoch`, then constant.
+
+    `reference=True` is the reference code's `ls_scheduler(epoch, n_epochs)`: ε = 0 before
+    `start_epoch`; for `start_epoch <= e < end_epoch`, ε = α·(e + 1 − start_epoch)/(epochs − start_epoch);
+    ε = α from `end_epoch`. With the reference's 50/75/100 the ramp reaches only α/2 at epoch 74 and
+    jumps to α at 75 (`random_erasing.md`, update).
 
     Args:
         alpha: the final smoothing factor (negative for NLS).
         steps_per_epoch: training steps per epoch (the schedule is per epoch).
+        start_epoch, end_epoch: the ramp's first epoch and the epoch from which ε = α.
+        reference: the reference's ramp instead of the clean one.
+        epochs: the run's epochs (`n_epochs` of the reference ramp; default `2·end_epoch − start_epoch`,
+            which is 100 for 50/75).
+
+    Raises:
+        ValueError: unless steps_per_epoch >= 1, 0 <= start_epoch < end_epoch and epochs > start_epoch.
     """
-    if steps_per_epoch < 1 or not 0 <= start_epoch < end_epoch:
-        raise ValueError(f"expected steps_per_epoch >= 1 and 0 <= start_epoch < end_epoch, got "
-                         f"{steps_per_epoch}, {start_epoch}, {end_epoch}")
+    epochs = 2 * end_epoch - start_epoch if epochs is None else epochs
+    if steps_per_epoch < 1 or not 0 <= start_epoch < end_epoch or epochs <= start_epoch:
+        raise ValueError(f"expected steps_per_epoch >= 1, 0 <= start_epoch < end_epoch and epochs > start_epoch, "
+                         f"got {steps_per_epoch}, {start_epoch}, {end_epoch}, {epochs}")
 
     def schedule(step):
         epoch = jnp.asarray(step) // steps_per_epoch
-        ramp = (epoch - start_epoch) / (end_epoch - start_epoch) * (0.5 if reference else 1.0)
-        return alpha * jnp.where(epoch >= end_epoch, 1.0, jnp.clip(ramp, 0.0, 1.0))
+        if reference:
+            ramp = (epoch + 1 - start_epoch) / (epochs - start_epoch)
+        else:
+            ramp = (epoch - start_epoch) / (end_epoch - start_epoch)
+        factor = jnp.where(epoch >= end_epoch, 1.0, jnp.where(epoch < start_epoch, 0.0, jnp.clip(ramp, 0.0, 1.0)))
+        return alpha * factor
 
     return schedule

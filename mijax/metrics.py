@@ -535,3 +535,75 @@ def top_k_accuracy(
         )
     _, top = jax.lax.top_k(logits, int(k))
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# SiftFunnel compatibility mode (Liu et al., arXiv 2501.00824; siftfunnel.md "Metric compatibility")
+# ----------------------------------------------------------------------------------------------
+
+__all__ += ["cosine_similarity", "siftfunnel_metrics", "ssim_3d"]
+
+
+def cosine_similarity(x_hat: jax.typing.ArrayLike, x: jax.typing.ArrayLike) -> jax.Array:
+    """Per-image cosine similarity of the flattened images `[batch]` (0 for an all-zero image)."""
+    x_hat, x = _check_images(x_hat, x)
+    a, b = x_hat.reshape(x.shape[0], -1), x.reshape(x.shape[0], -1)
+    den = jnp.linalg.norm(a, axis=1) * jnp.linalg.norm(b, axis=1)
+    return jnp.where(den > 0, jnp.sum(a * b, axis=1) / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def ssim_3d(x_hat: jax.typing.ArrayLike, x: jax.typing.ArrayLike) -> jax.Array:
+    """SSIM of a batch treated as one volume (the SiftFunnel reference's 3-D SSIM), a scalar.
+
+    The batch axis is a third spatial axis: a separable 11×11×11 Gaussian window (σ 1.5) over
+    (batch, height, width) per channel, zero padding 5 on each of the three axes ("same" size map,
+    as a `conv3d` with padding window // 2), C1 = 0.01², C2 = 0.03², the mean of the map. The value
+    depends on the batch and its order [window and padding unverified against the reference].
+    """
+    x_hat, x = _check_images(x_hat, x)
+    taps = _gaussian_1d(_GAUSSIAN_SIZE, _GAUSSIAN_SIGMA)
+    pad = _GAUSSIAN_SIZE // 2
+
+    def to_volume(v):  # [N, H, W, C] -> [C, N + 2p, H, W] (the batch as depth, zero padded)
+        return jnp.pad(jnp.transpose(v, (3, 0, 1, 2)), ((0, 0), (pad, pad), (0, 0), (0, 0)))
+
+    def filt(v):  # depth filter (valid, after the padding), then H and W via _filter_valid (pad 5)
+        depth = v.shape[1] - len(taps) + 1
+        v = sum(float(t) * v[:, i:i + depth] for i, t in enumerate(taps))
+        c, n, h, w = v.shape
+        flat = jnp.pad(v.reshape(c * n, h, w, 1), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        return _filter_valid(flat, taps).reshape(c, n, h, w)
+
+    a, b = to_volume(x_hat), to_volume(x)
+    mu_a, mu_b = filt(a), filt(b)
+    var_a, var_b, cov = filt(a * a) - mu_a ** 2, filt(b * b) - mu_b ** 2, filt(a * b) - mu_a * mu_b
+    c1, c2 = _K1 ** 2, _K2 ** 2
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return jnp.mean(ssim_map)
+
+
+def siftfunnel_metrics(x_hat: jax.typing.ArrayLike, x: jax.typing.ArrayLike, *, batch_size: int = 32,
+                       min_mse: float = MIN_MSE) -> dict[str, jax.Array]:
+    """The SiftFunnel reference's reconstruction numbers (`compat="siftfunnel"`), scalars.
+
+    In consecutive batches of `batch_size` (the last may be smaller), averaged over batches:
+    - "mse": Σ squared error / (N·H·W) (channels summed, not averaged);
+    - "psnr": 20·log10(1/√MSE_b) with MSE_b the batch's mean squared error per element;
+    - "ssim": `ssim_3d` of the batch;
+    - "cosine": the mean per-image cosine similarity of the flattened images.
+
+    Raises:
+        ValueError: on bad shapes or values, or batch_size < 1.
+    """
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"expected batch_size to be an int >= 1, got {batch_size!r}")
+    x_hat, x = _check_images(x_hat, x)
+    out = {"mse": [], "psnr": [], "ssim": [], "cosine": []}
+    for s in range(0, x.shape[0], batch_size):
+        a, b = x_hat[s:s + batch_size], x[s:s + batch_size]
+        sq = jnp.square(a - b)
+        out["mse"].append(jnp.sum(sq) / (b.shape[0] * b.shape[1] * b.shape[2]))
+        out["psnr"].append(20.0 * jnp.log10(1.0 / jnp.sqrt(jnp.maximum(jnp.mean(sq), min_mse))))
+        out["ssim"].append(ssim_3d(a, b))
+        out["cosine"].append(jnp.mean(cosine_similarity(a, b)))
+    return {k: jnp.mean(jnp.stack(v)) for k, v in out.items()}

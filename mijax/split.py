@@ -107,7 +107,7 @@ class SplitModel:
     def defense_spec(self, *, examples_per_epoch: int | None = None, sample=None) -> DefenseSpec:
         """What `Defense.init(key, spec)` needs to know about this model (and the run's data)."""
         return DefenseSpec(tuple(self.input_shape), self.feature_shape(), self.num_classes, examples_per_epoch,
-                           sample)
+                           sample, self.normalization)
 
     def check_images(self, x) -> None:
         """Raises `ValueError` unless `x` has shape `[batch, *input_shape]`."""

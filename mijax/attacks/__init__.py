@@ -19,3 +19,16 @@ __all__ = ["BlackBox", "QueryFree", "WhiteBox", "RMLEConfig", "rmle", "InverseNe
            "inverse_network", "train_inverse_network", "ShadowConfig", "TrainedShadow", "he2019_shadow",
            "shadow_attack", "train_shadow", "DecoderAttackConfig", "decoder_attack", "train_decoder_attack",
            "GanConfig", "gan_finetune"]
+
+from mijax.attacks.released import ReleasedClassifier  # noqa: E402
+from mijax.attacks.gmi import GmiConfig, InversionResult, PriorConfig, TrainedPrior, gmi_attack, train_gmi_prior  # noqa: E402
+from mijax.attacks.kedmi import KedmiConfig, KedmiPriorConfig, kedmi_attack, train_kedmi_prior  # noqa: E402
+from mijax.attacks.evaluation import inversion_scores, knn_distance  # noqa: E402
+
+__all__ += ["ReleasedClassifier", "GmiConfig", "InversionResult", "PriorConfig", "TrainedPrior", "gmi_attack",
+            "train_gmi_prior", "KedmiConfig", "KedmiPriorConfig", "kedmi_attack", "train_kedmi_prior",
+            "inversion_scores", "knn_distance"]
+
+from mijax.attacks.mine import MIEstimate, MINEConfig, estimate_mutual_information  # noqa: E402
+
+__all__ += ["MIEstimate", "MINEConfig", "estimate_mutual_information"]

@@ -20,3 +20,19 @@ from mijax.defenses.decorrelation import distance_correlation, nopeek  # noqa: E
 
 __all__ += ["adversarial_decoder", "deep_obfuscator", "distance_correlation", "nopeek",
             "upsampling_decoder"]
+
+from mijax.defenses.erasing import erase, full_erasing, random_erasing  # noqa: E402
+
+__all__ += ["erase", "full_erasing", "random_erasing"]
+
+from mijax.defenses.bido import bilateral_dependency  # noqa: E402
+from mijax.defenses.mid import vib_bottleneck, vib_kl  # noqa: E402
+
+__all__ += ["bilateral_dependency", "vib_bottleneck", "vib_kl"]
+
+from mijax.defenses.local_dp import local_dp_noise  # noqa: E402
+from mijax.defenses.siftfunnel import (channel_correlation_penalty, effective_information_volume,  # noqa: E402
+                                       no_task_loss, siftfunnel_objective)
+
+__all__ += ["channel_correlation_penalty", "effective_information_volume", "local_dp_noise", "no_task_loss",
+            "siftfunnel_objective"]

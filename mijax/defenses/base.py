@@ -36,6 +36,8 @@ class DefenseSpec(NamedTuple):
         examples_per_epoch: training examples a `fit` epoch visits (the last partial batch dropped).
         sample: the first training batch of images, `[batch, *input_shape]` in [0, 1] (host array;
             for defenses that size or calibrate themselves on data).
+        normalization: the edge's input `Normalization` (for input transforms whose settings live in
+            the normalised space, e.g. random erasing's fill).
     """
 
     input_shape: tuple[int, ...]
@@ -43,6 +45,7 @@ class DefenseSpec(NamedTuple):
     num_classes: int
     examples_per_epoch: int | None = None
     sample: Any = None
+    normalization: Any = None
 
 
 class Trainable(NamedTuple):

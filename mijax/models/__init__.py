@@ -17,3 +17,11 @@ __all__ += ["dgwgan32", "res_norm_decoder"]
 from mijax.models.decoders import decoder_for, he2019_decoder  # noqa: E402
 
 __all__ += ["decoder_for", "he2019_decoder"]
+
+from mijax.models.inversion_gan import kedmi_discriminator, mlp_critic, mlp_generator  # noqa: E402
+
+__all__ += ["kedmi_discriminator", "mlp_critic", "mlp_generator"]
+
+from mijax.models.funnel import classifier_4, pv4_classifier_4  # noqa: E402
+
+__all__ += ["classifier_4", "pv4_classifier_4"]
