@@ -111,18 +111,22 @@ class Config:
     dropout_rates: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     input_noise: bool = True  # also sweep noise on the input (IoT-J: costs more accuracy)
     defense_test_size: int = 0  # test images for the defense curves' accuracy (0 = the whole test set)
+    # AMSGrad with PyTorch 1.0's eps rule (the authors' runs) for the targets and every attack; the
+    # rule's large early eps (3e-2 at step 1) needs the authors' budgets: at smoke's 2 epochs the CIFAR
+    # target stayed at chance (measured 12-02: 0.10 / MNIST 0.70, against 0.24 / 0.86 without it)
+    legacy_eps: bool = True
 
 
 PRESETS = {
     "paper": Config(),
-    "smoke": Config(train_size=4000, epochs=2, batch_size=64, lr_halving_epochs=1, whitebox_steps=300,
+    "smoke": Config(train_size=4000, epochs=2, batch_size=64, lr_halving_epochs=1, whitebox_steps=300, legacy_eps=False,
                     whitebox_learning_rate=5e-2, inverse_images=1500, inverse_epochs=3, shadow_images=1000,
                     shadow_epochs=2, shadow_steps=150, defense_steps=100, defense_test_size=2000,
                     sigmas=(0.0, 1.0, 2.0, 4.0), laplace_scales=(0.0, 1.0, 2.0), dropout_rates=(0.0, 0.3, 0.6, 0.9)),
     "tiny": Config(datasets=("mnist",), train_size=512, epochs=1, lr_halving_epochs=1, whitebox_steps=40,
                    inverse_images=64, inverse_epochs=1, shadow_images=64, shadow_epochs=1, shadow_steps=5,
                    defense_cuts=("relu2",), defense_steps=5, sigmas=(0.0, 1.0), laplace_scales=(0.0, 1.0),
-                   dropout_rates=(0.0, 0.5), input_noise=False),
+                   dropout_rates=(0.0, 0.5), input_noise=False, legacy_eps=False),
 }
 
 
@@ -144,7 +148,7 @@ def _train_target(name: str, model: SplitModel, train: data.Dataset, config: Con
     augment = None
     if name == "cifar10":  # He et al.: horizontal flips and small translations
         augment = lambda k, x: data.random_crop(k, data.random_flip(jax.random.fold_in(k, 1), x), padding=3)
-    return fit(model, train.images, train.labels, optimizer=torch_amsgrad(schedule, eps=1e-3, legacy_eps=True),
+    return fit(model, train.images, train.labels, optimizer=torch_amsgrad(schedule, eps=1e-3, legacy_eps=config.legacy_eps),
                epochs=config.epochs, batch_size=config.batch_size, key=key, augment=augment,
                workdir=workdir, progress=progress, description=f"train {name} target",
                mesh=common.mesh_for(config))
@@ -155,7 +159,7 @@ def _whitebox(name, model, variables, targets, config, grids):
     for cut in TARGETS[name].cuts:
         cut_model = model.with_cut(cut)
         attack_config = RMLEConfig(num_steps=config.whitebox_steps, learning_rate=config.whitebox_learning_rate,
-                                   tv_weight=TARGETS[name].tv_weights[cut])
+                                   tv_weight=TARGETS[name].tv_weights[cut], legacy_eps=config.legacy_eps)
         z, _ = cut_model.edge_apply(variables, targets)
         # weights as arguments, not closure constants, or XLA constant-folds the convolutions
         attack = jax.jit(lambda v, z: rmle(WhiteBox.from_model(cut_model, v), z, config=attack_config))
@@ -185,7 +189,8 @@ def _inverse(name, model, variables, train, auxiliary, targets, config, key, wor
                                      normalization=model.normalization, key=jax.random.fold_in(key, s))
             x_hat = inverse_network(
                 oracle, z, decoder=he2019_decoder(cut, name), images=images, key=jax.random.fold_in(key, s),
-                config=InverseNetworkConfig(epochs=config.inverse_epochs, normalization=model.normalization),
+                config=InverseNetworkConfig(epochs=config.inverse_epochs, normalization=model.normalization,
+                                            legacy_eps=config.legacy_eps),
                 workdir=workdir / f"inverse_{cut}_{setting}", progress=progress, mesh=common.mesh_for(config))
             grids[f"{name} inverse network ({label})"][cut] = np.asarray(x_hat)
             rows.append({"table": "ACSAC Table 4 (inverse network)", "dataset": name, "cut": cut,
@@ -198,8 +203,8 @@ def _shadow(name, model, variables, train, auxiliary, targets, config, key, work
     """ACSAC Table 6: query-free shadow model, same set & net, and different set & net."""
     rows = []
     num = config.shadow_images or None
-    shadow_config = ShadowConfig(epochs=config.shadow_epochs, inversion=dataclasses.replace(
-        ShadowConfig().inversion, num_steps=config.shadow_steps))
+    shadow_config = ShadowConfig(epochs=config.shadow_epochs, legacy_eps=config.legacy_eps, inversion=dataclasses.replace(
+        ShadowConfig().inversion, num_steps=config.shadow_steps, legacy_eps=config.legacy_eps))
     for cut in TARGETS[name].cuts:
         cut_model = model.with_cut(cut)
         knowledge = QueryFree.from_model(cut_model, variables)  # the cloud only, never the edge
@@ -229,7 +234,7 @@ def _defense_curves(name, model, variables, test, targets, config, key):
         sweeps.append(("gaussian (input)", "sigma", config.sigmas,
                        lambda v: defenses.gaussian_noise(sigma=v, on="input", normalization=model.normalization)))
     attack_config = RMLEConfig(num_steps=config.defense_steps, learning_rate=config.whitebox_learning_rate,
-                               tv_weight=TARGETS[name].tv_weights.get(cut, 0.0))
+                               tv_weight=TARGETS[name].tv_weights.get(cut, 0.0), legacy_eps=config.legacy_eps)
     rows = []
     n = config.defense_test_size or None  # accuracy on the first n test images
     for label, field, values, make in sweeps:

@@ -38,7 +38,7 @@ def main() -> None:
     z, _ = cut_model.edge_apply(state.variables, targets)
     for steps, tv_weight in SETTINGS:
         attack_config = RMLEConfig(num_steps=steps, learning_rate=config.whitebox_learning_rate,
-                                   tv_weight=tv_weight)
+                                   tv_weight=tv_weight, legacy_eps=config.legacy_eps)
         attack = jax.jit(lambda v, z: rmle(WhiteBox.from_model(cut_model, v), z, config=attack_config))
         scores = he2019._scores(attack(state.variables, z), targets)
         print(f"relu22, {steps:4d} iterations, TV weight {tv_weight:4.1f}: SSIM {scores['ssim']:.3f}, "
