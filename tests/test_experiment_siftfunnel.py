@@ -7,7 +7,8 @@ import math
 import mijax_experiments as experiments
 
 # three rows (a trained model of each architecture and an inference-time defense) keep the test short:
-# all nine rows took 433 s on the shared 2-core machine (12-02), mostly compilation
+# all nine rows took 433 s on the shared 2-core machine (12-02), mostly compilation; these three 153 s at
+# load average 1-4
 ROWS = ("unprotected", "siftfunnel", "dropout")
 
 

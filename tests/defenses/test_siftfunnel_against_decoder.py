@@ -58,7 +58,8 @@ def test_the_decoder_attack_beats_the_mean_image_on_the_unprotected_cnn(outcomes
 # 0.958 (1.52x); BiDO (0.05, 0.5) 0.0164 / 0.981 (1.19x, the thinnest margin). MID at beta 1e-3 and BiDO on
 # the sigmoid digits_cnn collapsed accuracy to chance in earlier runs. The fixture took 251 s on the shared
 # machine (with a background run), 295 s with steps_per_dispatch=1 (passing; load average 11): over the
-# CI budget, dominated by compiling four train steps (the funnel step alone about 85 s under that load).
+# CI budget, dominated by compiling four train steps (the funnel step alone about 85 s under that load);
+# 172 s on a lighter machine (load average 1-4, 12-02 02:55).
 MARGINS = {"siftfunnel": (3.0, 0.5), "mid": (1.3, 0.9), "bido": (1.1, 0.9)}  # (MSE factor, accuracy floor)
 
 
