@@ -10,6 +10,7 @@ EXPERIMENTS = {
     "demo": "mijax_experiments.demo",
     "he2019": "mijax_experiments.he2019",
     "cem": "mijax_experiments.cem",
+    "ensembler": "mijax_experiments.ensembler",
 }
 
 

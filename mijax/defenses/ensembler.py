@@ -523,9 +523,17 @@ def train_ensembler(member_model: SplitModel, images, labels, *, config: Ensembl
     return Trained(model, member_model, variables, stage1.variables)
 
 
+@functools.partial(jax.jit, static_argnames="model")
 def deployed_logits(model: SplitModel, variables: Variables, images, *, sigma, key: jax.Array) -> jax.Array:
-    """Client + server + client in eval mode: `t(Σ_i w_i g_i(f(x) + σε))`."""
+    """Client + server + client in eval mode: `t(Σ_i w_i g_i(f(x) + σε))` (jitted; `model` static)."""
     z, _ = model.edge_apply(variables, images)
     z_tilde = z + sigma * jax.random.normal(key, z.shape)
     out, _ = model.cloud_apply(variables, z_tilde)
     return model.tail_apply(variables, out)[0]
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def transmit_features(model: SplitModel, variables: Variables, images, *, sigma, key: jax.Array) -> jax.Array:
+    """What the client sends: `z̃ = f(x) + σε` (eval mode; jitted, `model` static)."""
+    z, _ = model.edge_apply(variables, images)
+    return z + sigma * jax.random.normal(key, z.shape)

@@ -103,11 +103,10 @@ def test_stacked_forward_equals_a_python_loop_and_hardened_selector_is_P_sparse(
     # the loop: the same head and noise, member by member through its own body, weighted, then fc
     z, _ = model.edge_apply(variables, x)
     z_tilde = z + 0.3 * jax.random.normal(key, z.shape)
-    outs = []
-    for m in range(3):
-        body = jax.tree.map(lambda a: a[m], model.cloud_variables(variables))
-        start, stop = model.cloud_names[0], model.cloud_names[-1]
-        outs.append(np.asarray(member_model.network.apply(body, z_tilde, start=start, stop=stop)[0]))
+    start, stop = model.cloud_names[0], model.cloud_names[-1]
+    body_fn = jax.jit(lambda body, z: member_model.network.apply(body, z, start=start, stop=stop)[0])
+    outs = [np.asarray(body_fn(jax.tree.map(lambda a: a[m], model.cloud_variables(variables)), z_tilde))
+            for m in range(3)]
     combined = sum(weights[m] * outs[m] for m in range(3))
     fc = {g: {"fc": t["fc"]} for g, t in variables.items()}
     expected = member_model.network.apply(fc, jnp.asarray(combined), start="fc")[0]
