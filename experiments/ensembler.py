@@ -47,7 +47,8 @@ from mijax.defenses import ensembler as E
 from mijax.models.decoders import decoder_for
 from mijax.models.resnet18 import RESNET18_BLOCKS, resnet18
 from mijax.optim import freeze
-from mijax.pipeline import run, transmit
+from mijax import pipeline
+from mijax.pipeline import transmit
 from mijax.stacks import map_models
 from mijax.train import fit
 
@@ -144,7 +145,7 @@ def _accuracy(logits_fn, images, labels, key, batch=250) -> float:
 def _plain_logits(model, variables, defense, state):
     @jax.jit
     def fn(v, s, x, k):
-        return run(model, v, x, defense=defense, defense_state=s, key=k).logits
+        return pipeline.run(model, v, x, defense=defense, defense_state=s, key=k).logits
     return lambda x, k: fn(variables, state, x, k)
 
 
@@ -197,7 +198,7 @@ def _sigma_sweep(name, model, variables, shadow_white, sigmas, test, targets, le
             return E.deployed_logits(model, v, x, sigma=s, key=k)
     else:
         def logits_one(s, v, x, k):
-            return run(model, v, x, defense=defenses.gaussian_noise(sigma=0.0), defense_state={"sigma": s},
+            return pipeline.run(model, v, x, defense=defenses.gaussian_noise(sigma=0.0), defense_state={"sigma": s},
                        key=k).logits
     logits_all = jax.jit(map_models(logits_one, (0, None, None, None), stacked_weights=False))
     correct = np.zeros(len(sigmas))

@@ -207,6 +207,15 @@ def _check_members(knowledge) -> ServerMembers:
 
 
 @functools.cache
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    return optax.adam(learning_rate)  # one object per step size: compiled shadow steps are reused
+
+
+@functools.cache
+def _mapped_shadow_step(head: Pure, tail: Pure, optimizer):
+    return map_models(_shadow_step(head, tail, optimizer), (0, None, None, None, None, None))
+
+
 def _shadow_step(head: Pure, tail: Pure, optimizer):
     def step(state: TrainState, x, y, key, knowledge: ServerMembers, sigma):
         mask, fixed, learn = state.defense_state
@@ -272,21 +281,21 @@ def train_shadows(knowledge: ServerMembers, masks, fixed, learn, images, labels,
         raise ValueError(f"expected masks and fixed of shape [K, {knowledge.members}] and learn [K], got "
                          f"{masks.shape}, {fixed.shape}, {learn.shape}")
     images, labels = np.asarray(images, np.float32), np.asarray(labels)
-    optimizer = optax.adam(config.learning_rate)
+    optimizer = _adam(float(config.learning_rate))
     head, tail = knowledge.head, knowledge.tail
     init_key, loop_key, eval_key = jax.random.split(key, 3)
 
     def init_one(k):
-        variables = {"head": head.init(jax.random.fold_in(k, 0)), "tail": tail.init(jax.random.fold_in(k, 1)),
-                     "logits": jnp.zeros((members,))}
-        params = {"head": variables["head"]["params"], "tail": variables["tail"]["params"],
-                  "logits": variables["logits"]}
-        return variables, optimizer.init(params)
+        return {"head": head.init(jax.random.fold_in(k, 0)), "tail": tail.init(jax.random.fold_in(k, 1)),
+                "logits": jnp.zeros((members,))}
 
-    # eagerly: XLA-CPU compiles jitted threefry initialisers slowly
-    variables, opt_state = jax.vmap(init_one)(jax.vmap(lambda k: jax.random.fold_in(init_key, k))(jnp.arange(count)))
+    # the networks eagerly (XLA-CPU compiles jitted threefry initialisers slowly); the optimiser state
+    # jitted, so that its zero trees are distinct buffers (the step donates them)
+    variables = jax.vmap(init_one)(jax.vmap(lambda k: jax.random.fold_in(init_key, k))(jnp.arange(count)))
+    opt_state = jax.jit(jax.vmap(optimizer.init))(
+        {"head": variables["head"]["params"], "tail": variables["tail"]["params"], "logits": variables["logits"]})
     state = TrainState(jnp.zeros((count,), jnp.int32), variables, opt_state, (masks, fixed, learn))
-    step = map_models(_shadow_step(head, tail, optimizer), (0, None, None, None, None, None))
+    step = _mapped_shadow_step(head, tail, optimizer)
     sigma = jnp.float32(config.sigma)
     state = fit_loop(step, state, (images, labels), step_args=(knowledge, sigma), epochs=config.epochs,
                      batch_size=min(config.batch_size, len(images)), key=loop_key, workdir=workdir,
@@ -322,7 +331,8 @@ def guessed_subsets(members: int, count: int, key: jax.Array, *, size: int | Non
         if size is None:
             mask = tuple(int(b) for b in rng.integers(0, 2, members))
         else:
-            mask = tuple(int(i in set(rng.choice(members, size, replace=False))) for i in range(members))
+            picked = set(rng.choice(members, size, replace=False).tolist())
+            mask = tuple(int(i in picked) for i in range(members))
         if any(mask) and mask not in chosen:
             chosen.append(mask)
     return np.asarray(chosen, np.float32)

@@ -387,8 +387,13 @@ def private_settings(config: EnsemblerConfig, *, stage: int, members: int | None
 
 
 @functools.cache
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    return optax.adam(learning_rate)  # one object per step size: compiled steps are reused
+
+
+@functools.cache
 def _private_step(model: SplitModel, head_model: SplitModel, optimizer, cos_form: str, cos_targets: str,
-                  cos_on: str, weighting: str, augment: bool):
+                  cos_on: str, weighting: str, augment: bool, sweep: bool = False):
     body_names = model.cloud_names
 
     def step(state: TrainState, images, labels, key, shadows, settings: PrivateSettings):
@@ -429,7 +434,7 @@ def _private_step(model: SplitModel, head_model: SplitModel, optimizer, cos_form
                    "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
         return TrainState(state.step + 1, {**variables, "params": params}, opt_state, ()), metrics
 
-    return step
+    return map_models(step, (0, None, None, None, None, 0)) if sweep else step
 
 
 def train_private(model: SplitModel, head_model: SplitModel, variables: Variables, shadows: Variables,
@@ -457,12 +462,11 @@ def train_private(model: SplitModel, head_model: SplitModel, variables: Variable
         The final `TrainState`.
     """
     config.validate()
-    optimizer = optax.adam(learning_rate)
+    optimizer = _adam(float(learning_rate))
     step = _private_step(model, head_model, optimizer, config.cos_form, config.cos_targets, config.cos_on,
-                         config.weighting, config.augment)
+                         config.weighting, config.augment, sweep)
     init = jax.jit(lambda v: TrainState(jnp.zeros((), jnp.int32), v, optimizer.init(v["params"]), ()))
     if sweep:
-        step = map_models(step, (0, None, None, None, None, 0))
         init = jax.jit(jax.vmap(lambda v: TrainState(jnp.zeros((), jnp.int32), v, optimizer.init(v["params"]), ())))
     images, labels = np.asarray(images), np.asarray(labels)
     return fit_loop(step, init(variables), (images, labels), step_args=(shadows, settings), epochs=epochs,

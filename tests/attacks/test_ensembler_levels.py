@@ -6,7 +6,6 @@ image of the attacker's data."""
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

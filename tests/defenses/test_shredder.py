@@ -2,7 +2,6 @@
 frozen trained network (real digits)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
