@@ -294,7 +294,9 @@ def train_shadows(knowledge: ServerMembers, masks, fixed, learn, images, labels,
     variables = jax.vmap(init_one)(jax.vmap(lambda k: jax.random.fold_in(init_key, k))(jnp.arange(count)))
     opt_state = jax.jit(jax.vmap(optimizer.init))(
         {"head": variables["head"]["params"], "tail": variables["tail"]["params"], "logits": variables["logits"]})
-    state = TrainState(jnp.zeros((count,), jnp.int32), variables, opt_state, (masks, fixed, learn))
+    # distinct buffers for every leaf: the step donates its state (a0 passes one array as masks and fixed)
+    state = jax.tree.map(lambda a: jnp.array(np.asarray(a)), TrainState(
+        jnp.zeros((count,), jnp.int32), variables, opt_state, (masks, fixed, learn)))
     step = _mapped_shadow_step(head, tail, optimizer)
     sigma = jnp.float32(config.sigma)
     state = fit_loop(step, state, (images, labels), step_args=(knowledge, sigma), epochs=config.epochs,
