@@ -46,6 +46,7 @@ from mijax.attacks.learned_inversion import InverseNetworkConfig, inverse_networ
 from mijax.defenses import ensembler as E
 from mijax.models.decoders import decoder_for
 from mijax.models.resnet18 import RESNET18_BLOCKS, resnet18
+from mijax.defenses.shredder import shredder
 from mijax.optim import freeze
 from mijax import pipeline
 from mijax.pipeline import transmit
@@ -328,7 +329,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
                    defense=noise, augment=E.cifar_augment, workdir=workdir / "noise_alone", progress=progress,
                    description="noise alone", mesh=mesh).variables
     phase("noise-alone training")
-    shred = defenses.chain(noise, defenses.shredder(weight=config.shredder_weight))
+    shred = defenses.chain(noise, shredder(weight=config.shredder_weight))
     shred_state = fit(member_model, train.images, train.labels, defense=shred, variables=baseline,
                       optimizer=freeze(optax.adam(1e-2), frozen=("model",)), epochs=config.shredder_epochs,
                       batch_size=config.batch_size, key=jax.random.fold_in(key, 3), workdir=workdir / "shredder",

@@ -20,7 +20,3 @@ from mijax.defenses.decorrelation import distance_correlation, nopeek  # noqa: E
 
 __all__ += ["adversarial_decoder", "deep_obfuscator", "distance_correlation", "nopeek",
             "upsampling_decoder"]
-
-from mijax.defenses.shredder import shredder  # noqa: E402
-
-__all__ += ["shredder"]

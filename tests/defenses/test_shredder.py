@@ -7,14 +7,14 @@ import optax
 import pytest
 
 from mijax import defenses
-from mijax.defenses.shredder import noise_magnitude
+from mijax.defenses.shredder import noise_magnitude, shredder
 from mijax.optim import freeze
 from mijax.train import fit
 
 
 def test_transform_adds_one_tensor_of_the_collection_per_example():
     spec = defenses.DefenseSpec((8, 8, 1), (4, 4, 2), 10)
-    defense = defenses.shredder(collection=5, init_scale=0.5)
+    defense = shredder(collection=5, init_scale=0.5)
     state = defense.init(jax.random.key(0), spec)
     noise = np.asarray(state["noise"].params)
     assert noise.shape == (5, 4, 4, 2) and abs(np.mean(np.abs(noise)) - 0.5) < 0.05  # Laplace(0, b): E|n| = b
@@ -25,14 +25,14 @@ def test_transform_adds_one_tensor_of_the_collection_per_example():
     assert len(set(index.tolist())) == 5                    # every tensor of the collection is used
     np.testing.assert_allclose(defense.loss(state, None), -0.1 * np.mean(np.abs(noise)), rtol=1e-6)
     with pytest.raises(ValueError, match="collection"):
-        defenses.shredder(collection=0)
+        shredder(collection=0)
     with pytest.raises(ValueError, match="weight"):
-        defenses.shredder(weight=-1.0)
+        shredder(weight=-1.0)
 
 
 def test_learned_noise_grows_and_makes_the_attack_worse_on_a_frozen_network(digits_target):
     target = digits_target
-    defense = defenses.shredder(collection=8, init_scale=0.1, weight=1.0)
+    defense = shredder(collection=8, init_scale=0.1, weight=1.0)
     state = fit(target.model, target.images, target.labels, defense=defense, variables=target.variables,
                 optimizer=freeze(optax.adam(1e-2), frozen=("model",)), epochs=3, batch_size=64,
                 key=jax.random.key(1), progress=False)
