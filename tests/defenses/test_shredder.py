@@ -43,6 +43,7 @@ def test_learned_noise_grows_and_makes_the_attack_worse_on_a_frozen_network(digi
                                feature_transform=defense.feature_transform)
     plain, shredded = target.attack(target.variables), target.attack(target.variables, learned)
     print("noise |n|", grown, "plain", plain, "shredder", shredded)
+    # Measured (12-02): |n| 0.10 -> 0.26; rMLE SSIM 0.963 -> 0.814; accuracy 0.944 -> 0.947
     assert grown > 0.2                                      # from 0.1: the reward grows the noise
     assert shredded.ssim < plain.ssim - 0.1                 # the white-box attack is measurably worse
     assert shredded.accuracy > 0.5                          # at a measured, bounded accuracy cost
