@@ -372,15 +372,7 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     phase("attacks on baselines")
     for row in rows:
         row["accuracy"] = accuracy[row["defense"]]
-    reductions = []
-    for row in (r for r in rows if r["defense"] == "ensembler"):
-        same = [r for r in rows if r["defense"] != "ensembler" and r["attack"] == row["attack"]
-                and (r["level"] == row["level"] or (row["level"] in ("A1", "A2", "A3") and r["level"] == "A0"))]
-        if same:
-            best = min(same, key=lambda r: r["ssim"])
-            reductions.append({"level": row["level"], "attack": row["attack"], "ensembler_ssim": row["ssim"],
-                               "best_baseline": best["defense"], "best_baseline_ssim": best["ssim"],
-                               "ssim_reduction": (best["ssim"] - row["ssim"]) / best["ssim"] if best["ssim"] else None})
+    reductions = ssim_reductions(rows)
 
     sweep = []
     for name, model_, variables_, ensemble in (("ensembler", trained.model, trained.variables, True),
@@ -415,6 +407,23 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     report.write_results(workdir, rows, extra=extra)
     (workdir / "tables.md").write_text(tables_markdown(rows, extra))
     return {"rows": rows, **extra}
+
+
+def ssim_reductions(rows) -> list[dict]:
+    """Per Ensembler attack row: the relative SSIM reduction against the baseline with the lowest SSIM under
+    the same attack (A1–A3 compare with the baselines' A0, their only shadow level). Undefined (None) when
+    that baseline's SSIM is <= 0: a relative reduction of a failed attack means nothing."""
+    out = []
+    for row in (r for r in rows if r["defense"] == "ensembler"):
+        same = [r for r in rows if r["defense"] != "ensembler" and r["attack"] == row["attack"]
+                and (r["level"] == row["level"] or (row["level"] in ("A1", "A2", "A3") and r["level"] == "A0"))]
+        if same:
+            best = min(same, key=lambda r: r["ssim"])
+            out.append({"level": row["level"], "attack": row["attack"], "ensembler_ssim": row["ssim"],
+                        "ensembler_accuracy": row.get("accuracy"), "best_baseline": best["defense"],
+                        "best_baseline_ssim": best["ssim"], "best_baseline_accuracy": best.get("accuracy"),
+                        "ssim_reduction": (best["ssim"] - row["ssim"]) / best["ssim"] if best["ssim"] > 0 else None})
+    return out
 
 
 def _table(rows, columns) -> list[str]:
