@@ -1,10 +1,12 @@
 """Ensembler (Liu et al., arXiv 2401.10859): CIFAR-10 ResNet-18, attacks at every knowledge level, baselines.
 
 Command: `mijax run ensembler --preset smoke|paper|tiny` (reads CIFAR-10 from `$MIJAX_DATA_DIR`).
-Cost: `smoke` is sized for about 20 minutes on 2 idle CPU cores (ResNet-18 at width 8, 5000
+Cost: `smoke` is aimed at under 20 minutes on 2 idle CPU cores (ResNet-18 at width 8, 5000
 training images, N = 4 members, P = 2, few epochs, all stated in the config); `paper` uses full
 width (64), the whole training set and N = 10 (P = 3 [unverified]) for a GPU/TPU; `tiny` is the CI
-check that every part runs and every report file is written.
+check that every part runs and every report file is written. Measured only on a shared,
+saturated machine (load 6-13 on 2 cores): 57 min for smoke without its N x P grid (RESULTS.md), so
+the 20-minute target is unverified.
 
 What it measures (client keeps conv1 and fc; z̃ = f(x) + σε; see `mijax.defenses.ensembler`):
 - accuracy of Ensembler, of noise alone at the same σ (the same ResNet-18, one member) and of
