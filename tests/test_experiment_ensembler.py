@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 import mijax_experiments as experiments
 
 
+@pytest.mark.slow
 def test_ensembler_tiny(data_dir, tmp_path):
     module = experiments.get("ensembler")
     config = module.get_config("tiny")

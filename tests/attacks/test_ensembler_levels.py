@@ -38,6 +38,7 @@ def trained(data_dir):
     return result, aux, targets, z_tilde, mean_mse
 
 
+@pytest.mark.slow
 def test_attacks_below_a3_cannot_receive_the_selector_or_the_head(trained):
     result, aux, *_ = trained
     members = L.ServerMembers.from_model(result.model, result.variables)
@@ -58,6 +59,7 @@ def test_attacks_below_a3_cannot_receive_the_selector_or_the_head(trained):
     assert np.all(L.guessed_subsets(4, 3, jax.random.key(1), size=2).sum(1) == 2)
 
 
+@pytest.mark.slow
 def test_every_level_against_the_mean_image_and_the_white_box_reference(trained):
     result, aux, targets, z_tilde, mean_mse = trained
     members = L.ServerMembers.from_model(result.model, result.variables)

@@ -66,6 +66,7 @@ def cifar(data_dir):
     return data.load("cifar10", "train[:128]")
 
 
+@pytest.mark.slow
 def test_stage1_members_as_one_program_equal_single_runs(cifar):
     model = resnet18(**SMALL)
     config = E.EnsemblerConfig(members=2, selected=1, stage1_epochs=1, batch_size=32, augment=False)
@@ -87,6 +88,7 @@ def test_stage1_members_as_one_program_equal_single_runs(cifar):
                            stacked.variables["params"]["fc"]["linear"]["kernel"][1])
 
 
+@pytest.mark.slow
 def test_stacked_forward_equals_a_python_loop_and_hardened_selector_is_P_sparse(cifar):
     member_model = resnet18(**SMALL)
     config = E.EnsemblerConfig(members=3, selected=2)
