@@ -12,6 +12,7 @@ EXPERIMENTS = {
     "cem": "mijax_experiments.cem",
     "midre": "mijax_experiments.midre",
     "siftfunnel": "mijax_experiments.siftfunnel",
+    "ensembler": "mijax_experiments.ensembler",
 }
 
 
