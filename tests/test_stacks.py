@@ -18,7 +18,9 @@ def test_stack_modes_give_the_same_numbers():
             for mode in stacks.STACK_MODES]
     for out in outs[1:]:
         for a, b in zip(out, outs[0]):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+            # the modes are different programs: float32 sums over 192 positions in another order
+            # (measured 12-02 at XLA's O1: 1.8e-5 apart on a gradient entry of 0.17)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     assert outs[0][1].shape == kernels.shape
     with pytest.raises(ValueError, match="mode"):
         stacks.map_models(loss_and_grad, (0, None, 0), mode="pmap")
