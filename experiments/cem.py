@@ -180,14 +180,15 @@ class _Selection:
     def offer(self, epoch: int, variables, accuracy: np.ndarray) -> None:
         if epoch <= self.first_epoch:
             return
+        best_accuracy = np.full(len(accuracy), -1.0) if self.best is None else self.best["accuracy"]
+        better = accuracy > best_accuracy
+        if not better.any():  # the weights leave the device only when some configuration improved
+            return
         gather = multihost_utils.process_allgather if jax.process_count() > 1 else (lambda a, tiled: a)
         leaves = [np.asarray(gather(leaf, tiled=True)) for leaf in jax.tree.leaves(variables)]
         if self.best is None:
-            self.best = {"accuracy": np.full(len(accuracy), -1.0), "epoch": np.zeros(len(accuracy), np.int32),
+            self.best = {"accuracy": best_accuracy, "epoch": np.zeros(len(accuracy), np.int32),
                          **{f"leaf{i}": leaf for i, leaf in enumerate(leaves)}}
-        better = accuracy > self.best["accuracy"]
-        if not better.any():
-            return
         pick = lambda new, old: np.where(better.reshape(-1, *[1] * (new.ndim - 1)), new, old)
         self.best = {"accuracy": np.where(better, accuracy, self.best["accuracy"]),
                      "epoch": np.where(better, epoch, self.best["epoch"]),

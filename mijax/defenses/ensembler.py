@@ -511,19 +511,16 @@ def train_ensembler(member_model: SplitModel, images, labels, *, config: Ensembl
                         jnp.ones(config.members), config.selected)
     variables = assemble(model, stage1.variables, secret, mask=mask)
     shadows = shadow_heads(member_model, stage1.variables)
-    if config.stage2_epochs:
-        variables = train_private(model, member_model, variables, shadows, images, labels, config=config,
-                                  settings=private_settings(config, stage=2), epochs=config.stage2_epochs,
-                                  learning_rate=config.learning_rate, key=jax.random.fold_in(key, 3),
-                                  workdir=sub("stage2"), progress=progress, description="ensembler stage 2",
-                                  mesh=mesh).variables
-    variables = harden(variables, config.selected)
-    if config.stage3_epochs:
-        variables = train_private(model, member_model, variables, shadows, images, labels, config=config,
-                                  settings=private_settings(config, stage=3), epochs=config.stage3_epochs,
-                                  learning_rate=config.finetune_learning_rate, key=jax.random.fold_in(key, 4),
-                                  workdir=sub("stage3"), progress=progress, description="ensembler stage 3",
-                                  mesh=mesh).variables
+    for stage, epochs, learning_rate in ((2, config.stage2_epochs, config.learning_rate),
+                                         (3, config.stage3_epochs, config.finetune_learning_rate)):
+        if stage == 3:  # the selector is made P-sparse before the joint fine-tuning
+            variables = harden(variables, config.selected)
+        if epochs:
+            variables = train_private(model, member_model, variables, shadows, images, labels, config=config,
+                                      settings=private_settings(config, stage=stage), epochs=epochs,
+                                      learning_rate=learning_rate, key=jax.random.fold_in(key, stage + 1),
+                                      workdir=sub(f"stage{stage}"), progress=progress,
+                                      description=f"ensembler stage {stage}", mesh=mesh).variables
     return Trained(model, member_model, variables, stage1.variables)
 
 
