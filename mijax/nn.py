@@ -15,7 +15,6 @@ matter of running a range of names, and one trained network serves every cut poi
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -166,20 +165,17 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
     """Max pooling over `window`×`window` blocks, stride `window` (floor), of `[batch, h, w, channels]`.
 
     The gradient goes to the first maximum of each window in row-major order, as in PyTorch; a window
-    holding a NaN gives NaN, as `lax.reduce_window` does. Written
-    as strided slices and elementwise selects: XLA-CPU runs its gradient 5-20× faster than the
-    select-and-scatter of `lax.reduce_window`, which took about a tenth of a VGG training step.
+    holding a NaN gives NaN, as `lax.reduce_window` does. Written as strided slices and elementwise
+    selects: XLA-CPU runs its gradient 5-20× faster than the select-and-scatter of
+    `lax.reduce_window`, which took about a tenth of a VGG training step. The taps are compared with
+    each other, not with a maximum computed apart (XLA-CPU at O0 may compute the two differently).
     """
     height, width = x.shape[1] // window * window, x.shape[2] // window * window
     taps = [x[:, i:height:window, j:width:window] for i in range(window) for j in range(window)]
-    top = jax.lax.stop_gradient(functools.reduce(jnp.maximum, taps))
-    taken = jnp.zeros(top.shape, bool)
-    out = jnp.zeros_like(top)
-    for tap in taps:
-        pick = (tap == top) & ~taken
-        taken = taken | pick
-        out = out + jnp.where(pick, tap, 0.0)
-    return jnp.where(taken, out, top)  # no tap equals a NaN maximum: NaN propagates, as in reduce_window
+    best = taps[0]
+    for tap in taps[1:]:
+        best = jnp.where((tap > best) | jnp.isnan(tap), tap, best)
+    return best
 
 
 # --- named sequential networks ------------------------------------------------------------------------

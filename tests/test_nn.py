@@ -81,3 +81,5 @@ def test_max_pool_matches_reduce_window_values_and_gradient(window):
     np.testing.assert_array_equal(jax.jit(lambda x: nn.max_pool(x, window))(x), reference(x))
     grad = lambda pool: jax.jit(jax.grad(lambda x: jnp.sum(pool(x) * weights)))(x)
     np.testing.assert_array_equal(grad(lambda x: nn.max_pool(x, window)), grad(reference))
+    with_nan = x.at[1, 1, 1, 1].set(jnp.nan)
+    np.testing.assert_array_equal(nn.max_pool(with_nan, window), reference(with_nan))

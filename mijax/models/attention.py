@@ -20,6 +20,19 @@ from flax import nnx
 from mijax.nn import Conv2d, torch_kernel_init
 
 
+def max_over(x: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
+    """The maximum over `axis`, its gradient to the first maximum, as PyTorch's `max(dim)` and
+    `max_pool2d` give it. (`jnp.max`'s gradient divides by the count of input entries equal to the
+    maximum; compiled at XLA-CPU's O0 that count came out 0 on ReLU outputs and the funnel model's
+    gradients NaN.)"""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = tuple(a % x.ndim for a in axes)
+    kept = [a for a in range(x.ndim) if a not in axes]
+    flat = jnp.transpose(x, kept + list(axes)).reshape(*(x.shape[a] for a in kept), -1)
+    first = jnp.argmax(flat, axis=-1, keepdims=True)  # NaN counts as the maximum, so NaN propagates
+    return jnp.take_along_axis(flat, first, axis=-1)[..., 0]
+
+
 def _dense(cin: int, cout: int, rngs: nnx.Rngs) -> nnx.Linear:
     return nnx.Linear(cin, cout, use_bias=False, kernel_init=torch_kernel_init, rngs=rngs)
 
@@ -46,9 +59,9 @@ class CBAM(nnx.Module):
 
     def __call__(self, x, *, train=False, key=None):
         mlp = lambda v: self.fc2(jax.nn.relu(self.fc1(v)))
-        channel = jax.nn.sigmoid(mlp(jnp.mean(x, axis=(1, 2))) + mlp(jnp.max(x, axis=(1, 2))))
+        channel = jax.nn.sigmoid(mlp(jnp.mean(x, axis=(1, 2))) + mlp(max_over(x, (1, 2))))
         x = x * channel[:, None, None, :]
-        pooled = jnp.stack([jnp.mean(x, axis=-1), jnp.max(x, axis=-1)], axis=-1)
+        pooled = jnp.stack([jnp.mean(x, axis=-1), max_over(x, -1)], axis=-1)
         return x * jax.nn.sigmoid(self.spatial(pooled))
 
 
@@ -61,7 +74,7 @@ class _Gate(nnx.Module):
         self.bn = nnx.BatchNorm(1, momentum=0.99, epsilon=1e-5, rngs=rngs)
 
     def __call__(self, x, *, train=False):
-        pooled = jnp.stack([jnp.max(x, axis=-1), jnp.mean(x, axis=-1)], axis=-1)
+        pooled = jnp.stack([max_over(x, -1), jnp.mean(x, axis=-1)], axis=-1)
         return x * jax.nn.sigmoid(self.bn(self.conv(pooled), use_running_average=not train))
 
 

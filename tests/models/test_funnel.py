@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 
 from mijax.models import classifier_4, pv4_classifier_4
-from mijax.models.attention import CBAM, SE, TripletAttention
+from mijax.models.attention import CBAM, SE, TripletAttention, max_over
 
 X = np.asarray(jax.random.normal(jax.random.key(0), (2, 6, 5, 8)), np.float64)
 sig = lambda v: 1.0 / (1.0 + np.exp(-v))
@@ -55,6 +55,25 @@ def test_triplet_attention_matches_numpy():
     hw = gate(ta.hw, X)
     np.testing.assert_allclose(ta(jnp.asarray(X, jnp.float32)), (cw + hc + hw) / 3, rtol=1e-4, atol=1e-5)
     assert ta.cw.bn.momentum == 0.99  # PyTorch momentum 0.01
+
+
+def test_max_over_sends_the_gradient_to_the_first_maximum():
+    x = jax.nn.relu(jax.random.normal(jax.random.key(3), (3, 4, 5, 6)))  # ReLU's exact zeros tie
+    x = x.at[0, 1, 2].set(0.0)  # a row of ties at the maximum
+    for axis in (-1, (1, 2)):
+        np.testing.assert_array_equal(max_over(x, axis), jnp.max(x, axis=axis))
+        grad = np.asarray(jax.jit(jax.grad(lambda v: jnp.sum(max_over(v, axis))))(x))
+        # a NumPy loop: one 1 per reduced group, at its first maximum in row-major order
+        xn = np.asarray(x)
+        axes = (3,) if axis == -1 else axis
+        moved = np.moveaxis(xn, axes, range(4 - len(axes), 4)).reshape(*[xn.shape[a] for a in range(4) if a not in axes], -1)
+        expected = np.zeros_like(moved)
+        for index in np.ndindex(moved.shape[:-1]):
+            expected[index + (int(np.argmax(moved[index])),)] = 1.0
+        shape = [xn.shape[a] for a in range(4) if a not in axes] + [xn.shape[a] for a in axes]
+        back = np.moveaxis(expected.reshape(shape), range(4 - len(axes), 4), axes)
+        np.testing.assert_array_equal(grad, back)
+    assert np.isnan(max_over(x.at[0, 0, 0, 3].set(jnp.nan), -1)[0, 0, 0])
 
 
 def test_funnel_transmits_12x16x16_at_64x64():
