@@ -107,15 +107,18 @@ def test_kedmi_prior_trains_and_checks_its_discriminator():
 def test_kedmi_reconstructs_the_private_classes_of_an_undefended_mnist_target():
     # measured (12-02, the setting of test_gmi; KEDMI's discriminator trained 10 epochs with the target's
     # soft labels against the frozen GMI generator, see inversion_fixture.kedmi_prior): 300 Adam steps on
-    # the per-target Gaussians, 4 samples each: evaluator top-1 0.35 (KNN 69) on 20 samples, against
-    # 0.05 (KNN 156) for prior samples; the target assigns all 20 to their target class.
+    # the per-target Gaussians, each private class 3 times with 4 samples (60 images): evaluator top-1
+    # 0.23 / 0.23 (keys 3, 4; XLA-CPU O0, the suite's level) and 0.32 / 0.33 (O1), top-5 1.0, KNN 82-93,
+    # against 0.017, top-5 0.35-0.40, KNN 186-211 for prior samples. On 20 images top-1 ranged
+    # 0.15-0.40 over keys and levels, too few to pin.
     prior, classifier = fx.kedmi_prior(), fx.classifier()
-    targets = np.arange(5)
+    targets = np.tile(np.arange(5), 3)
     result = kedmi_attack(classifier, prior, targets, config=KedmiConfig(iterations=300, samples=4), key=fx.key(3))
     images = np.asarray(result.images).reshape(-1, 28, 28, 1)
     labels = np.repeat(targets, 4)
     attack = fx.scores(images, labels)
-    baseline = fx.scores(prior.generate(jax.random.normal(fx.key(9), (20, 100))), labels)
-    assert attack["top1"] >= 0.25 and attack["top1"] >= baseline["top1"] + 0.15, (attack, baseline)
-    assert attack["knn_distance"] < baseline["knn_distance"], (attack, baseline)
+    baseline = fx.scores(prior.generate(jax.random.normal(fx.key(9), (len(labels), 100))), labels)
+    assert attack["top1"] >= 0.15 and attack["top1"] >= baseline["top1"] + 0.12, (attack, baseline)
+    assert attack["top5"] >= baseline["top5"] + 0.3, (attack, baseline)
+    assert attack["knn_distance"] < 0.7 * baseline["knn_distance"], (attack, baseline)
     assert np.mean(np.argmax(classifier.logits(images), -1) == labels) >= 0.9
