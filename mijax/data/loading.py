@@ -35,6 +35,7 @@ import importlib
 import io
 import logging
 import os
+import pathlib
 import sys
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -77,30 +78,53 @@ def _read_records(source, keys: list[int]) -> list[dict]:
         return [source[k] for k in keys]
 
 
-def _prepare_quietly(builder, name: str) -> None:
-    """Prepares a dataset unless it is, with one line of output instead of tfds's progress bars and
-    size lines; what tfds printed is shown if preparation fails."""
-    import tensorflow_datasets as tfds
+@contextlib.contextmanager
+def _exclusive(lock_path: pathlib.Path):
+    """Holds an exclusive lock on `lock_path` (POSIX `flock`; no lock where `fcntl` is missing)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
+
+def _is_prepared(builder) -> bool:
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.ERROR)  # "Variant folder ... has no dataset_info.json" on a first run
     try:
-        if builder.is_prepared():
-            return
+        return builder.is_prepared()
     finally:
         absl.setLevel(level)
-    print(f"mijax: preparing {name} (first run only) in {builder.data_dir}", file=sys.stderr, flush=True)
-    chatter = io.StringIO()
-    tfds.display_progress_bar(False)
-    try:
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-            builder.download_and_prepare()
-    except BaseException:
-        sys.stderr.write(chatter.getvalue())
-        raise
-    finally:
-        tfds.display_progress_bar(True)
+
+
+def _prepare_quietly(builder, name: str) -> None:
+    """Prepares a dataset unless it is, with one line of output instead of tfds's progress bars and
+    size lines; what tfds printed is shown if preparation fails. Processes that share a cache (two
+    runs, parallel test workers) prepare it once: the second waits for the first."""
+    import tensorflow_datasets as tfds
+
+    with _exclusive(pathlib.Path(builder.data_dir_root) / f".{name}.lock"):
+        if _is_prepared(builder):  # by another process while this one waited
+            return
+        print(f"mijax: preparing {name} (first run only) in {builder.data_dir}", file=sys.stderr, flush=True)
+        chatter = io.StringIO()
+        tfds.display_progress_bar(False)
+        try:
+            with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+                builder.download_and_prepare()
+        except BaseException:
+            sys.stderr.write(chatter.getvalue())
+            raise
+        finally:
+            tfds.display_progress_bar(True)
 
 
 def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None = None) -> Dataset:
@@ -125,7 +149,9 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
     builders = importlib.import_module("mijax.data.builders")  # tensorflow-datasets, on first use
     builder = builders.get_builder(name, manual_root=data_dir)
     _check_split(split, name, builder.SPLITS)
-    _prepare_quietly(builder, name)
+    if not _is_prepared(builder):
+        _prepare_quietly(builder, name)
+        builder = builders.get_builder(name, manual_root=data_dir)  # reads what was just written
     try:
         source = builder.as_data_source(split=split)
     except (ValueError, KeyError, AssertionError) as e:

@@ -81,6 +81,19 @@ def test_first_preparation_prints_one_line(monkeypatch, tmp_path, capfd):
     assert capfd.readouterr() == ("", "")
 
 
+def test_processes_sharing_a_fresh_cache_prepare_it_once(tmp_path):
+    import os
+    import subprocess
+    env = {**os.environ, "MIJAX_TFDS_DIR": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    code = "from mijax import data; print(len(data.load('digits', 'train').labels))"
+    runs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert [out.strip() for out, _ in outputs] == ["1437", "1437"]
+    assert sum(err.count("mijax: preparing digits") for _, err in outputs) == 1, outputs
+
+
 def test_mnist(mnist, data_dir):
     train, test = mnist
     _check_dataset(train, "mnist", 60000)
