@@ -9,6 +9,7 @@ import typing
 from typing import Any
 
 import jax
+import numpy as np
 
 from mijax import mesh as meshes
 
@@ -98,6 +99,92 @@ def command_for(name: str, module, saved: dict) -> str:
     return " ".join([f"mijax run {name} --preset {preset_name}", *(f"--set {k}={text(v)}" for k, v in diff.items())])
 
 
+def _finished_run(workdir: pathlib.Path) -> tuple[dict, dict]:
+    paths = {name: workdir / f"{name}.json" for name in ("config", "results")}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise ValueError(f"{workdir} holds no finished run (missing {', '.join(missing)})")
+    return tuple(json.loads(p.read_text()) for p in paths.values())
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _spread(values: list[float]) -> str:
+    values = np.asarray(values, float)
+    if np.all(values == values[0]):  # the same in every run (published numbers, image counts)
+        return f"{values[0]:.4g}"
+    return f"{values.mean():.4g} ± {values.std(ddof=1):.2g} ({values.min():.4g}–{values.max():.4g})"
+
+
+def render_seeds(workdirs: list[str | pathlib.Path]) -> str:
+    """Finished runs of one experiment that differ only in `seed`, as one markdown section: per row
+    of the runs' tables (matched on their non-numeric fields and the sweep value), every numeric
+    field as mean ± sample standard deviation (min–max) over the seeds, or its one value where every
+    run has the same (published numbers); the same for each mapping of numbers in the results
+    (target accuracies, phase times).
+
+    Raises:
+        ValueError: for fewer than two runs, runs of different experiments or configs, or runs
+            whose rows do not match.
+    """
+    runs = [(pathlib.Path(w), *_finished_run(pathlib.Path(w))) for w in workdirs]
+    if len(runs) < 2:
+        raise ValueError(f"expected at least two workdirs to aggregate over seeds, got {len(runs)}")
+    without_seed = lambda saved: {k: v for k, v in saved["config"].items() if k not in ("seed", "mesh")}
+    first = runs[0][1]
+    for workdir, saved, _ in runs[1:]:
+        if saved.get("experiment") != first.get("experiment") or without_seed(saved) != without_seed(first):
+            raise ValueError(f"{workdir} is not the run of {runs[0][0]} with another seed: configs differ")
+    seeds = [saved["config"].get("seed") for _, saved, _ in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"expected different seeds, got {seeds}")
+    name = first.get("experiment")
+    if name is None:
+        raise ValueError(f"{runs[0][0] / 'config.json'} does not name its experiment (written before 12-02)")
+    import mijax_experiments as experiments
+    command = command_for(name, experiments.get(name), {**first["config"], "seed": "S"})
+    keyed = []
+    for workdir, _, results in runs:
+        rows = {}
+        for row in results.get("rows", []):
+            key = tuple((k, v) for k, v in row.items() if not _number(v) or k == "value")
+            rows.setdefault(key, row)
+        keyed.append(rows)
+    if any(rows.keys() != keyed[0].keys() for rows in keyed[1:]):
+        raise ValueError("the runs' result rows do not match (different tables or settings)")
+    lines = [f"## {name} over seeds {', '.join(map(str, seeds))}: `{command}` (S = each seed)", "",
+             f"- runs: {', '.join(str(w) for w, _, _ in runs)}",
+             f"- wall time per run: {', '.join(str(r.get('seconds')) for _, _, r in runs)} s",
+             "- cells: mean ± sample standard deviation (min–max) over the seeds", ""]
+    for field, mapping in _number_mappings(runs[0][2]):
+        cells = [f"{k}: {_spread([r[field][k] for _, _, r in runs])}" for k in mapping]
+        lines += [f"{field}: " + "; ".join(cells), ""]
+    for table in dict.fromkeys(dict(key).get("table", "") for key in keyed[0]):
+        keys = [key for key in keyed[0] if dict(key).get("table", "") == table]
+        numeric = list(dict.fromkeys(k for key in keys for k, v in keyed[0][key].items()
+                                     if _number(v) and k != "value"))
+        labels = list(dict.fromkeys(k for key in keys for k, _ in key if k != "table"))
+        lines += [f"### {table}" if table else "### rows", "", "| " + " | ".join(labels + numeric) + " |",
+                  "|" + "---|" * (len(labels) + len(numeric))]
+        for key in keys:
+            values = dict(key)
+            cells = [str(values.get(k, "")) for k in labels]
+            for k in numeric:
+                got = [rows[key].get(k) for rows in keyed]
+                cells.append(_spread(got) if all(_number(g) for g in got) else "")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _number_mappings(results: dict):
+    """The (field, mapping) pairs of `results` whose values are mappings of numbers."""
+    return [(k, v) for k, v in results.items()
+            if isinstance(v, dict) and v and all(_number(x) for x in v.values())]
+
+
 def render_report(workdir: str | pathlib.Path) -> str:
     """A run's report as a markdown section, rendered from the files the run wrote (`config.json`,
     `results.json`): the command that reproduces it, seed, versions, wall time, evaluated images and
@@ -107,18 +194,14 @@ def render_report(workdir: str | pathlib.Path) -> str:
         ValueError: if `workdir` holds no finished run.
     """
     workdir = pathlib.Path(workdir)
-    paths = {name: workdir / f"{name}.json" for name in ("config", "results")}
-    missing = [str(p) for p in paths.values() if not p.exists()]
-    if missing:
-        raise ValueError(f"{workdir} holds no finished run (missing {', '.join(missing)})")
-    saved, results = (json.loads(p.read_text()) for p in paths.values())
+    saved, results = _finished_run(workdir)
     import mijax_experiments as experiments
     name = saved.get("experiment")
     if name is None:  # written before config.json named it: the experiment whose config has these fields
         fields = lambda n: {f.name for f in dataclasses.fields(experiments.get(n).Config)}
         matches = [n for n in experiments.EXPERIMENTS if set(saved["config"]) <= fields(n)]
         if len(matches) != 1:
-            raise ValueError(f"{paths['config']} does not name its experiment and matches {matches or 'none'}")
+            raise ValueError(f"{workdir / 'config.json'} does not name its experiment and matches {matches or 'none'}")
         name = matches[0]
     module = experiments.get(name)
     versions = saved.get("versions", {})

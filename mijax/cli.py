@@ -1,4 +1,4 @@
-"""The `mijax` command: `mijax demo`, `mijax run EXPERIMENT`, `mijax list`, `mijax report WORKDIR...`.
+"""The `mijax` command: `mijax demo`, `mijax run EXPERIMENT`, `mijax list`, `mijax report [--seeds] WORKDIR...`.
 
 It only parses arguments and calls `experiments.<name>.run(config, workdir)`.
 """
@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="list experiments and their presets")
     sub = commands.add_parser("report", help="render finished runs' reports as markdown (for RESULTS.md)")
     sub.add_argument("workdirs", nargs="+", type=pathlib.Path, help="workdirs of finished runs")
+    sub.add_argument("--seeds", action="store_true",
+                     help="one section over runs that differ only in their seed: mean ± std (min–max) per cell")
     return parser
 
 
@@ -71,11 +73,14 @@ def _run(name: str, args) -> None:
     print(f"\nreport written to {workdir.resolve()}")
 
 
-def _report(workdirs: list[pathlib.Path]) -> None:
+def _report(workdirs: list[pathlib.Path], seeds: bool) -> None:
     from mijax_experiments import common
 
     try:
-        print("\n".join(common.render_report(w) for w in workdirs), end="")
+        if seeds:
+            print(common.render_seeds(workdirs), end="")
+        else:
+            print("\n".join(common.render_report(w) for w in workdirs), end="")
     except ValueError as error:
         raise SystemExit(f"mijax: error: {error}")
 
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             _list()
         elif args.command == "report":
-            _report(args.workdirs)
+            _report(args.workdirs, args.seeds)
         else:
             _run("demo" if args.command == "demo" else args.experiment, args)
     except FileNotFoundError as error:  # missing dataset files: the message says where to put them

@@ -214,6 +214,42 @@ def test_report_renders_a_run_from_the_files_it_wrote(he2019_tiny):
     assert command == "mijax run he2019 --preset tiny --set sigmas=0.0,2.0 --set whitebox_steps=7"
 
 
+def test_report_over_seeds_gives_mean_and_spread_per_cell(he2019_tiny, tmp_path):
+    import shutil
+    workdir, _, _ = he2019_tiny
+    copies = []
+    for seed, scale in ((1, 1.1), (2, 0.7)):                  # two more "seeds": the same rows, rescaled
+        copy = tmp_path / f"seed{seed}"
+        copy.mkdir()
+        saved = json.loads((workdir / "config.json").read_text())
+        saved["config"]["seed"] = seed
+        (copy / "config.json").write_text(json.dumps(saved))
+        results = json.loads((workdir / "results.json").read_text())
+        for row in results["rows"]:
+            row.update({k: v * scale for k, v in row.items() if isinstance(v, float) and k != "value"})
+        results["target_accuracy"] = {k: v * scale for k, v in results["target_accuracy"].items()}
+        (copy / "results.json").write_text(json.dumps(results))
+        copies.append(copy)
+    text = common.render_seeds([workdir, *copies])
+    assert text.startswith("## he2019 over seeds 0, 1, 2: `mijax run he2019 --preset tiny --set seed=S`")
+    original = json.loads((workdir / "results.json").read_text())
+    expected = lambda v: np.array([v, 1.1 * v, 0.7 * v])
+    accuracy = original["target_accuracy"]["mnist"]
+    assert f"mnist: {expected(accuracy).mean():.4g} ± {expected(accuracy).std(ddof=1):.2g}" in text
+    tables = _markdown_tables(text)
+    row = next(r for r in original["rows"] if r["table"] == "ACSAC Table 3 (white-box rMLE)" and r["cut"] == "conv1")
+    cell = next(c for c in tables["ACSAC Table 3 (white-box rMLE)"] if c["cut"] == "conv1")["ssim"]
+    values = expected(row["ssim"])
+    assert cell == f"{values.mean():.4g} ± {values.std(ddof=1):.2g} ({values.min():.4g}–{values.max():.4g})"
+    with pytest.raises(ValueError, match="configs differ"):
+        saved = json.loads((copies[0] / "config.json").read_text())
+        saved["config"]["epochs"] = 9
+        (copies[0] / "config.json").write_text(json.dumps(saved))
+        common.render_seeds([workdir, copies[0]])
+    with pytest.raises(ValueError, match="at least two"):
+        common.render_seeds([workdir])
+
+
 def test_cem_selection_keeps_each_configurations_best_epoch_and_resumes(tmp_path):
     selection_class = experiments.get("cem")._Selection
     path = tmp_path / "selection.npz"
