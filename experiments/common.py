@@ -158,6 +158,12 @@ def render_seeds(workdirs: list[str | pathlib.Path]) -> str:
              f"- runs: {', '.join(str(w) for w, _, _ in runs)}",
              f"- wall time per run: {', '.join(str(r.get('seconds')) for _, _, r in runs)} s",
              "- cells: mean ± sample standard deviation (min–max) over the seeds", ""]
+    module = experiments.get(name)
+    if hasattr(module, "claims"):
+        held = [module.claims(results) for _, _, results in runs]
+        lines += ["Orderings the papers report, and in how many of the runs each held:", ""]
+        lines += [f"- {claim}: {sum(h[claim] for h in held)} of {len(held)}" for claim in held[0]]
+        lines.append("")
     for field, mapping in _number_mappings(runs[0][2]):
         cells = [f"{k}: {_spread([r[field][k] for _, _, r in runs])}" for k in mapping]
         lines += [f"{field}: " + "; ".join(cells), ""]

@@ -327,6 +327,31 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
     return {"rows": [r for r in rows if not r["table"].startswith("IoT-J")], **extra}
 
 
+def claims(results) -> dict[str, bool]:
+    """The papers' orderings, each true or false in one run (`mijax report --seeds` counts them)."""
+    rows, out = results["rows"], {}
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        whitebox = [r["ssim"] for r in rows if r["dataset"] == name and r["table"].startswith("ACSAC Table 3")]
+        out[f"{name}: white-box SSIM falls with depth (Table 3)"] = all(np.diff(whitebox) < 0)
+        inverse = {(r["cut"], r["setting"]): r["ssim"] for r in rows
+                   if r["dataset"] == name and r["table"].startswith("ACSAC Table 4")}
+        cuts = dict.fromkeys(cut for cut, _ in inverse)
+        out[f"{name}: same-distribution data beats noise queries at every cut (Table 4)"] = all(
+            inverse[cut, "same distribution"] > inverse[cut, "noise queries"] for cut in cuts)
+        curves = [r for r in rows if r["dataset"] == name and r["table"].startswith("IoT-J")]
+        by = lambda setting: {r["value"]: r for r in curves if r["setting"] == setting}
+        for setting in dict.fromkeys(r["setting"] for r in curves):
+            points = by(setting)
+            top = max(points)
+            out[f"{name}: {setting} at {points[top]['parameter']} {top} lowers attack SSIM (IoT-J)"] = (
+                points[top]["ssim"] < points[0.0]["ssim"])
+        features, inputs = by("gaussian (features)"), by("gaussian (input)")
+        if inputs:
+            out[f"{name}: Gaussian noise on the input costs more accuracy than on the features, every σ > 0 (IoT-J)"] = all(
+                inputs[v]["accuracy"] < features[v]["accuracy"] for v in inputs if v > 0)
+    return out
+
+
 def report_markdown(results) -> str:
     """`mijax report`: the tables of a finished run from its results.json."""
     return tables_markdown(results["rows"], results)

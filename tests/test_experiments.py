@@ -215,7 +215,6 @@ def test_report_renders_a_run_from_the_files_it_wrote(he2019_tiny):
 
 
 def test_report_over_seeds_gives_mean_and_spread_per_cell(he2019_tiny, tmp_path):
-    import shutil
     workdir, _, _ = he2019_tiny
     copies = []
     for seed, scale in ((1, 1.1), (2, 0.7)):                  # two more "seeds": the same rows, rescaled
@@ -241,6 +240,9 @@ def test_report_over_seeds_gives_mean_and_spread_per_cell(he2019_tiny, tmp_path)
     cell = next(c for c in tables["ACSAC Table 3 (white-box rMLE)"] if c["cut"] == "conv1")["ssim"]
     values = expected(row["ssim"])
     assert cell == f"{values.mean():.4g} ± {values.std(ddof=1):.2g} ({values.min():.4g}–{values.max():.4g})"
+    # rescaling keeps each run's orderings: every claim holds in all three runs or in none
+    for claim, held in experiments.get("he2019").claims(original).items():
+        assert f"- {claim}: {3 if held else 0} of 3" in text, claim
     with pytest.raises(ValueError, match="configs differ"):
         saved = json.loads((copies[0] / "config.json").read_text())
         saved["config"]["epochs"] = 9
