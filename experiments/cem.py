@@ -1,6 +1,6 @@
 """CEM (Xia et al., CVPR 2025): the σ×λ grid of noise + CEM on vgg11_bn_sgm, attacked three ways.
 
-Command: `mijax run cem --preset smoke|paper|faces|tiny [--workdir DIR] [--set key=value ...]`.
+Command: `mijax run cem --preset smoke|cpu|paper|faces|tiny [--workdir DIR] [--set key=value ...]`.
 Spec: `../shared/methods/cem.md`.
 
 1. Trains vgg11_bn_sgm (cut 4: z ∈ (0,1)^{8×8×8} at 32 px) with Gaussian feature noise σ and the CEM
@@ -128,6 +128,14 @@ PRESETS = {
                     validation_images=1000, select_after_epoch=0,
                     decoder_epochs=2, decoder_blocks=1, decoder_channels=16, decoder_batch_size=64,
                     gan_epochs=1, gan_batch_size=64, gan_n_critic=5, critic_width=16),
+    # Converged targets on 2 CPU cores (issue 15): noise alone against noise + CEM at one σ, a
+    # quarter-width VGG, the whole training split less the 5,000 validation images, 30 epochs with the
+    # reference's schedule compressed (×0.2 at epochs 15/23/27), selection after epoch 20, mid-size
+    # decoders. Cost estimated from the smoke run's throughput (about 1.5 h); not run yet.
+    "cpu": Config(width_multiplier=0.25, sigmas=(0.05,), lams=(0.0, 16.0), epochs=30, milestones=(15, 23, 27),
+                  select_after_epoch=20, monitor_every=5, attack_train_images=10000, decoder_epochs=10,
+                  decoder_blocks=2, decoder_channels=32, decoder_batch_size=128, gan_epochs=2,
+                  gan_batch_size=64, gan_n_critic=5, critic_width=32),
     "faces": Config(dataset="olivetti_faces", width_multiplier=0.25, epochs=60, batch_size=32,
                     milestones=(30, 45), learning_rate=0.02, monitor_every=5,
                     validation_images=0,  # 40 identities, few images each: all train
