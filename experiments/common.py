@@ -114,7 +114,7 @@ def _number(value) -> bool:
 def _spread(values: list[float]) -> str:
     values = np.asarray(values, float)
     if np.all(values == values[0]):  # the same in every run (published numbers, image counts)
-        return f"{values[0]:.4g}"
+        return str(int(values[0])) if values[0].is_integer() else f"{values[0]:.4g}"
     return f"{values.mean():.4g} ± {values.std(ddof=1):.2g} ({values.min():.4g}–{values.max():.4g})"
 
 
