@@ -144,12 +144,13 @@ def render_seeds(workdirs: list[str | pathlib.Path]) -> str:
     if name is None:
         raise ValueError(f"{runs[0][0] / 'config.json'} does not name its experiment (written before 12-02)")
     import mijax_experiments as experiments
-    command = command_for(name, experiments.get(name), {**first["config"], "seed": "S"})
+    module = experiments.get(name)
+    command = command_for(name, module, {**first["config"], "seed": "S"})
     keyed = []
     for workdir, _, results in runs:
         rows = {}
         for row in results.get("rows", []):
-            key = tuple((k, v) for k, v in row.items() if not _number(v) or k == "value")
+            key = tuple((k, v) for k, v in row.items() if v is not None and (not _number(v) or k == "value"))
             rows.setdefault(key, row)
         keyed.append(rows)
     if any(rows.keys() != keyed[0].keys() for rows in keyed[1:]):
@@ -158,7 +159,6 @@ def render_seeds(workdirs: list[str | pathlib.Path]) -> str:
              f"- runs: {', '.join(str(w) for w, _, _ in runs)}",
              f"- wall time per run: {', '.join(str(r.get('seconds')) for _, _, r in runs)} s",
              "- cells: mean ± sample standard deviation (min–max) over the seeds", ""]
-    module = experiments.get(name)
     if hasattr(module, "claims"):
         held = [module.claims(results) for _, _, results in runs]
         lines += ["Orderings the papers report, and in how many of the runs each held:", ""]
