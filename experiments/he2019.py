@@ -3,8 +3,8 @@
 Command: `mijax run he2019 --preset smoke|cpu|paper|tiny` (reads MNIST/CIFAR-10 from `$MIJAX_DATA_DIR`).
 Cost: `smoke` about 5 minutes on 2 CPU cores (reduced data, epochs and iterations, stated in the
 config): a quick check, its CIFAR target is near chance. `cpu` trains converged targets on the whole
-training sets within what 2 CPU cores run in hours (budgets and measured accuracy and time at the
-preset); the targets, inverse networks and shadows checkpoint, so a rerun of the same command resumes. `paper` uses the papers'
+training sets in hours on 2 CPU cores (budgets, measured accuracy and time at the preset); targets,
+inverse networks and shadows checkpoint, so rerunning the command resumes. `paper` uses the papers'
 budgets (50 training epochs, 5000 rMLE iterations, 50 decoder epochs) and is meant for a GPU/TPU;
 `tiny` is the CI check that every part runs.
 
@@ -127,9 +127,9 @@ PRESETS = {
                     shadow_epochs=2, shadow_steps=150, defense_steps=100, defense_test_size=2000,
                     sigmas=(0.0, 1.0, 2.0, 4.0), laplace_scales=(0.0, 1.0, 2.0), dropout_rates=(0.0, 0.3, 0.6, 0.9)),
     # Converged targets on 2 CPU cores: the papers' batch 32, optimiser and eps rule on the whole
-    # training sets for 18 epochs (lr halved every 7); CIFAR10CNN trains at about 270 images/s here
-    # (12-02), 56 min for its 18 epochs. Measured 12-02: LeNet 0.992 test accuracy (3 seeds, 2.5 min),
-    # CIFAR10CNN 0.877 (88 min on a shared machine). Attack budgets between smoke and paper; rMLE as published.
+    # training sets for 18 epochs (lr halved every 7). Measured 12-02 (RESULTS.md): LeNet 0.992 test
+    # accuracy (3 seeds, 2.5 min each), CIFAR10CNN 0.877 (88 min on a shared machine; alone it trains
+    # at about 270 images/s, so about 56 min). Attack budgets between smoke and paper; rMLE as published.
     "cpu": Config(epochs=18, lr_halving_epochs=7, inverse_images=10000, inverse_epochs=10, shadow_images=5000,
                   shadow_epochs=4, defense_steps=1000, sigmas=(0.0, 0.5, 1.0, 2.0, 3.0, 5.0),
                   laplace_scales=(0.0, 0.5, 1.0, 2.0, 3.0), dropout_rates=(0.0, 0.2, 0.4, 0.6, 0.8, 0.9)),
