@@ -1,17 +1,20 @@
 """Benchmark: CEM's 15-configuration σ×λ grid as one vmapped train step vs 15 sequential runs.
 
-    python benchmarks/cem_grid.py [--width 0.25] [--batch 128] [--steps 5] [--modes vmap,map,unroll]
+    python benchmarks/cem_grid.py [--width 0.25] [--batch 128] [--steps 5] [--rounds 3] [--modes vmap,map,unroll]
 
 One training step of `vgg11_bn_sgm` (width multiplier `--width`) with Gaussian noise + the CEM term
 (fitted random mixture, 10 classes × 5 components) at batch 128 on CIFAR-shaped random data, SGD
 momentum 0.9. "grid": the 15 configurations σ ∈ {0.01, 0.025, 0.05, 0.1, 0.15} × λ ∈ {0, 8, 16}
 as one program over the stacked states (shared batch), as `mijax.train.fit(..., sweep=True)` runs it,
 in each `mijax.stacks` mode of `--modes` (`vmap`: convolutions planned for batched kernels; `map`:
-`lax.map`, one model at a time; `unroll`: a Python loop in the trace). "sequential": the
+`lax.map` over pairs of unrolled models; `unroll`: a Python loop in the trace). "sequential": the
 single-configuration step, run once per configuration (15 runs of the same compiled program). Every
 variant runs `--steps` steps per dispatch in `fit_loop`'s `lax.scan` program; times per step,
-excluding compilation (reported apart). Target: grid at least as fast as sequential (ratio ≥ 1);
-`mijax.stacks.stack_mode` should name the fastest mode.
+excluding compilation (reported apart). The variants take turns, one dispatch each per round, for
+`--rounds` rounds, and each is reported by its median round: this machine's speed drifts over
+minutes, so a baseline timed once before the grids compared them with a different machine.
+Target: grid at least as fast as sequential (ratio ≥ 1); `mijax.stacks.stack_mode` should name the
+fastest mode.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import optax
 from mijax import defenses
 from mijax.defenses import Mixture
 from mijax.models import vgg11_bn_sgm
-from mijax.stacks import STACK_MODES, map_models
+from mijax.stacks import STACK_MODES, map_models, stack_mode
 from mijax.train import init_train_state, make_train_step, scan_steps
 
 SIGMAS, LAMS = (0.01, 0.025, 0.05, 0.1, 0.15), (0.0, 8.0, 16.0)
@@ -41,17 +44,20 @@ def _defense_state(defense, sigma, lam, key):
     return noise, {**cem, "mixture": mixture, "fitted": jnp.ones((), jnp.float32)}
 
 
-def _time(step, state, images, labels, steps):
-    """(compile + first dispatch, seconds per step) of `steps` steps in one scanned dispatch."""
+def _compile(step, state, images, labels, steps):
+    """(a function that runs and times one dispatch of `steps` scanned steps, compile + first dispatch)."""
     run = scan_steps(step)
     data, rows = (jnp.asarray(images), jnp.asarray(labels)), np.tile(np.arange(len(images)), (steps, 1))
-    times = []
-    for first in range(2):
+    carry = {"state": state, "first": 0}
+
+    def dispatch():
         start = time.perf_counter()
-        state, metrics = run(state, data, rows, jax.random.key(0), np.int32(first * steps), ())
+        carry["state"], metrics = run(carry["state"], data, rows, jax.random.key(0), np.int32(carry["first"]), ())
         jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    return times[0], times[1] / steps
+        carry["first"] += steps
+        return time.perf_counter() - start
+
+    return dispatch, dispatch()
 
 
 def main() -> None:
@@ -59,6 +65,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", default=",".join(STACK_MODES))
     args = parser.parse_args()
 
@@ -70,19 +77,30 @@ def main() -> None:
     defense = defenses.cem_with_noise(lam=0.0, sigma=0.01, num_classes=10, feature_dim=512, samples_per_class=5000)
     states = [_defense_state(defense, s, lam, jax.random.key(1)) for s, lam in configs]
     print(f"backend {jax.default_backend()}, vgg11_bn_sgm width {args.width}, batch {args.batch}, "
-          f"{len(configs)} configurations, median of {args.steps} steps")
+          f"{len(configs)} configurations, {args.steps} steps per dispatch, median of {args.rounds} rounds")
     model = vgg11_bn_sgm(width_multiplier=args.width)
     step = make_train_step(model, optimizer, defense)
     init = lambda s: init_train_state(model, optimizer, jax.random.key(0), s)
-    single_compile, single_s = _time(step, jax.jit(init)(states[0]), images, labels, args.steps)
-    sequential = len(configs) * single_s
-    print(f"sequential (15x) : {sequential:7.3f} s/step  ({single_s:.3f} s each, compile {single_compile:.1f} s)")
-    for mode in args.modes.split(","):
+    variants = {"sequential": _compile(step, jax.jit(init)(states[0]), images, labels, args.steps)}
+    modes = args.modes.split(",")
+    for mode in modes:
         grid = map_models(step, (0, None, None, None), mode=mode)
-        grid_compile, grid_s = _time(grid, jax.jit(jax.vmap(init))(defenses.stack(states)), images, labels,
-                                     args.steps)
-        print(f"grid ({mode:6s})    : {grid_s:7.3f} s/step  (compile {grid_compile:.1f} s); "
-              f"ratio sequential / grid {sequential / grid_s:.2f} (target >= 1)")
+        variants[mode] = _compile(grid, jax.jit(jax.vmap(init))(defenses.stack(states)), images, labels, args.steps)
+    rounds = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, (dispatch, _) in variants.items():
+            rounds[name].append(dispatch() / args.steps)
+    single_s = float(np.median(rounds["sequential"]))
+    sequential = len(configs) * single_s
+    print(f"sequential (15x) : {sequential:7.3f} s/step  ({single_s:.3f} s each, compile "
+          f"{variants['sequential'][1]:.1f} s)")
+    for mode in modes:
+        grid_s = float(np.median(rounds[mode]))
+        per_round = " / ".join(f"{len(configs) * a / g:.2f}" for a, g in zip(rounds["sequential"], rounds[mode]))
+        print(f"grid ({mode:6s})    : {grid_s:7.3f} s/step  (compile {variants[mode][1]:.1f} s); "
+              f"ratio sequential / grid {sequential / grid_s:.2f} (rounds {per_round}; target >= 1)")
+    print(f"mijax.stacks.stack_mode on this backend: {stack_mode(len(configs))!r}")
+
 
 if __name__ == "__main__":
     main()
