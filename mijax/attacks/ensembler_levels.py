@@ -26,6 +26,10 @@ z̃ through a shadow head with rMLE (`shadow_rmle`) or trains an inverse network
 The attacker picks among its shadows by what it can measure: the shadow pipeline's accuracy on its
 own data (`Shadows.accuracy`). R1 (query access to the deployed head) and R2 (its weights) are the
 library's `inverse_network` on a `BlackBox` and `rmle` on a `WhiteBox`.
+
+A curious server also sees the deployed traffic: `train_shadows(..., observed=z̃)` with
+`LevelConfig.match_weight` > 0 adds a term matching the statistics of ĥ(x_aux) + σε to those of the
+observed z̃ (`feature_statistics`) [mijax extension, not in He et al. or Liu et al.; off by default].
 """
 
 from __future__ import annotations
@@ -149,6 +153,15 @@ class LevelConfig:
         sigma: the noise the attacker adds between its shadow head and the members (it knows the
             deployment's σ, part of the architecture).
         max_subsets: A1's cap on sampled subsets.
+        match_weight: weight λ_obs of the traffic-matching term (`feature_statistics`) added to the
+            shadows' cross-entropy when `train_shadows` gets `observed` z̃ [mijax extension, not in
+            He et al. 2019 or Liu et al.]; 0 is He et al.'s query-free attack.
+        match: the statistics matched: "moments" (per-channel mean and variance) or "covariance"
+            (per-channel means and the channel covariance over positions) [mijax extension].
+            Measured (12-02, the test's fixture, A0–A3, λ 1 and 10, 2–20 epochs): the matched shadows'
+            rMLE is no better than without (0.076–0.17 MSE against the mean image's 0.058), so the
+            default stays 0; first/second channel moments do not pin the head's channels (the
+            shadow's per-channel correlation with the deployed head stays ≤ 0.1).
         rmle: the inversion through a shadow head.
         decoder: the inverse network's training (pixel space, sigmoid decoder).
         decoder_width: channels of `mijax.models.decoders.decoder_for`.
@@ -159,6 +172,8 @@ class LevelConfig:
     learning_rate: float = 1e-3
     sigma: float = 0.5
     max_subsets: int = 8
+    match_weight: float = 0.0
+    match: str = "covariance"
     rmle: RMLEConfig = RMLEConfig(num_steps=300, learning_rate=0.05, tv_weight=0.05, optimizer="adam",
                                   space="pixel", eps=1e-8)
     decoder: InverseNetworkConfig = InverseNetworkConfig(epochs=10, batch_size=64)
@@ -212,12 +227,43 @@ def _adam(learning_rate: float) -> optax.GradientTransformation:
 
 
 @functools.cache
-def _mapped_shadow_step(head: Pure, tail: Pure, optimizer):
-    return map_models(_shadow_step(head, tail, optimizer), (0, None, None, None, None, None))
+def _mapped_shadow_step(head: Pure, tail: Pure, optimizer, match: str = "covariance"):
+    return map_models(_shadow_step(head, tail, optimizer, match), (0, None, None, None, None, None, None, None))
 
 
-def _shadow_step(head: Pure, tail: Pure, optimizer):
-    def step(state: TrainState, x, y, key, knowledge: ServerMembers, sigma):
+MATCHES = ("moments", "covariance")
+
+
+def observed_statistics(observed, *, eps: float = 1e-3) -> dict:
+    """The target of the traffic-matching term from observed z̃ `[M, *feature_shape]` (channels last):
+    per-channel mean and standard deviation, and the channel correlation over all positions and
+    inputs [mijax extension]."""
+    z = np.asarray(observed, np.float64).reshape(-1, np.shape(observed)[-1])
+    mean, std = z.mean(0), np.maximum(z.std(0), eps)
+    u = (z - mean) / std
+    return {"mean": jnp.asarray(mean, jnp.float32), "std": jnp.asarray(std, jnp.float32),
+            "corr": jnp.asarray(u.T @ u / len(u), jnp.float32)}
+
+
+def feature_statistics(z_tilde: jax.Array, target: dict, *, match: str) -> jax.Array:
+    """The traffic-matching loss [mijax extension]: the batch's statistics of the shadow's ĥ(x) + σε,
+    standardised by the observed traffic's per-channel mean and std, against those of the traffic.
+
+    "moments": mean over channels of (standardised mean)² + (standardised variance − 1)²;
+    "covariance": mean of (standardised mean)² + mean over channel pairs of (Ĉ − R)², Ĉ the batch's
+    second-moment matrix of the standardised features and R the traffic's channel correlation.
+    """
+    u = (z_tilde.reshape(-1, z_tilde.shape[-1]) - target["mean"]) / target["std"]
+    mean = jnp.mean(u, 0)
+    if match == "moments":
+        return jnp.mean(mean ** 2) + jnp.mean((jnp.mean(u ** 2, 0) - 1.0) ** 2)
+    if match == "covariance":
+        return jnp.mean(mean ** 2) + jnp.mean((u.T @ u / u.shape[0] - target["corr"]) ** 2)
+    raise ValueError(f"expected match in {MATCHES}, got {match!r}")
+
+
+def _shadow_step(head: Pure, tail: Pure, optimizer, match: str = "covariance"):
+    def step(state: TrainState, x, y, key, knowledge: ServerMembers, sigma, target, match_weight):
         mask, fixed, learn = state.defense_state
         head_key, noise_key, tail_key = jax.random.split(key, 3)
 
@@ -230,6 +276,7 @@ def _shadow_step(head: Pure, tail: Pure, optimizer):
             logits, tail_vars = tail.apply({**state.variables["tail"], "params": params["tail"]},
                                            jnp.tensordot(weights, outs, axes=1), train=True, key=tail_key)
             loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+            loss = loss + match_weight * feature_statistics(z_tilde, target, match=match)
             return loss, (head_vars, tail_vars, logits)
 
         params = {"head": state.variables["head"]["params"], "tail": state.variables["tail"]["params"],
@@ -258,7 +305,7 @@ def _shadow_eval(head: Pure, tail: Pure):
 
 def train_shadows(knowledge: ServerMembers, masks, fixed, learn, images, labels, *, config: LevelConfig,
                   key: jax.Array, level: str = "", workdir: str | pathlib.Path | None = None,
-                  progress: bool = True) -> Shadows:
+                  progress: bool = True, observed=None) -> Shadows:
     """Trains K shadows (head, combination, tail) through the frozen members as one program.
 
     Shadow k combines the members' outputs with `fixed[k]` (`[N]` weights) or, where `learn[k]` is 1,
@@ -272,8 +319,23 @@ def train_shadows(knowledge: ServerMembers, masks, fixed, learn, images, labels,
         key: initialisation (shadow k from `fold_in(key, k)`), order and steps.
         level: the label stored in the result.
         workdir, progress: see `mijax.train.fit_loop`.
+        observed: z̃ the server received `[M, *feature_shape]` (deployed traffic, other inputs than
+            the attacker's images), or None. With `config.match_weight` > 0 the shadows' loss adds
+            `match_weight · feature_statistics` against this traffic [mijax extension].
     """
     _check_members(knowledge)
+    if config.match not in MATCHES:
+        raise ValueError(f"expected match in {MATCHES}, got {config.match!r}")
+    if observed is None:
+        if config.match_weight:
+            raise ValueError("match_weight > 0 needs the observed traffic z̃ (observed=)")
+        channels = knowledge.feature_shape[-1]
+        target = {"mean": jnp.zeros(channels), "std": jnp.ones(channels), "corr": jnp.eye(channels)}
+    else:
+        if tuple(np.shape(observed)[1:]) != knowledge.feature_shape:
+            raise ValueError(f"expected observed of shape [M, {knowledge.feature_shape}], got "
+                             f"{np.shape(observed)}")
+        target = observed_statistics(observed)
     masks, fixed = jnp.asarray(masks, jnp.float32), jnp.asarray(fixed, jnp.float32)
     learn = jnp.asarray(learn, jnp.float32)
     count, members = masks.shape
@@ -297,9 +359,10 @@ def train_shadows(knowledge: ServerMembers, masks, fixed, learn, images, labels,
     # distinct buffers for every leaf: the step donates its state (a0 passes one array as masks and fixed)
     state = jax.tree.map(lambda a: jnp.array(np.asarray(a)), TrainState(
         jnp.zeros((count,), jnp.int32), variables, opt_state, (masks, fixed, learn)))
-    step = _mapped_shadow_step(head, tail, optimizer)
+    step = _mapped_shadow_step(head, tail, optimizer, config.match)
     sigma = jnp.float32(config.sigma)
-    state = fit_loop(step, state, (images, labels), step_args=(knowledge, sigma), epochs=config.epochs,
+    state = fit_loop(step, state, (images, labels),
+                     step_args=(knowledge, sigma, target, jnp.float32(config.match_weight)), epochs=config.epochs,
                      batch_size=min(config.batch_size, len(images)), key=loop_key, workdir=workdir,
                      progress=progress, description=f"shadows {level}", stacked=True)
     correct, weights = 0, None

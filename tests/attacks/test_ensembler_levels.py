@@ -85,6 +85,24 @@ def test_every_level_against_the_mean_image_and_the_white_box_reference(trained)
     # reach the private head, beat the mean image; the shadow attacks of every level, whose shadow
     # heads are trained for 2 epochs through the frozen members, do NOT at this budget (the issue asks
     # that they do; see the report) — they are an order of magnitude worse than the white-box one.
+    # Also measured (12-02, scratch runs on this fixture): 6–20 shadow epochs (lr 1e-3/3e-3) raise the
+    # shadows' accuracy (0.16 → 0.34) but not the inversion (A3 0.13–0.14); matching the observed
+    # traffic's channel statistics (match_weight 1–10) gives A0 0.079, A1–A3 0.16–0.17; rMLE with
+    # 300 steps / TV 0.01–2 through the A3 shadow 0.094–0.106; even the TRUE head inverted at the
+    # members' output (members(h(x̂)) ≈ members(z̃)) gives 0.095. The shadow heads stay uncorrelated
+    # with the deployed head (per-channel correlation ≤ 0.1): cross-entropy through these briefly
+    # trained members does not identify the head, so no shadow attack beats the mean image here.
     assert scores["R1"] < mean_mse and scores["R2"] < mean_mse, scores
     for level in ("A0", "A1", "A2", "A3", "A3 inverse network"):
         assert scores[level] > 10 * scores["R2"], (level, scores)
+
+
+def test_traffic_statistics_vanish_on_the_traffic_itself():
+    # the traffic-matching term [mijax extension] is zero when the shadow's features are the traffic
+    z = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype(np.float32) * [1.0, 2.0, 0.5] + [0.0, 1.0, -1.0]
+    target = L.observed_statistics(z)
+    for match in L.MATCHES:
+        assert float(L.feature_statistics(jax.numpy.asarray(z), target, match=match)) < 1e-6
+        assert float(L.feature_statistics(jax.numpy.asarray(z) + 1.0, target, match=match)) > 0.1
+    with pytest.raises(ValueError, match="match"):
+        L.feature_statistics(jax.numpy.asarray(z), target, match="gram")
