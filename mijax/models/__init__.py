@@ -25,3 +25,11 @@ __all__ += ["kedmi_discriminator", "mlp_critic", "mlp_generator"]
 from mijax.models.funnel import classifier_4, pv4_classifier_4  # noqa: E402
 
 __all__ += ["classifier_4", "pv4_classifier_4"]
+
+from mijax.models.funnel_variants import rn18_pv4, vgg16_bn_pv4  # noqa: E402
+
+__all__ += ["rn18_pv4", "vgg16_bn_pv4"]
+
+from mijax.models.siftfunnel_decoders import siftfunnel_cut, siftfunnel_decoder  # noqa: E402
+
+__all__ += ["siftfunnel_cut", "siftfunnel_decoder"]

@@ -35,8 +35,10 @@ from mijax.models.vgg import dropout_layer
 from mijax.nn import BatchNorm, Conv2d, Layer, Linear, Sequential, max_pool, pure
 from mijax.split import SplitModel
 
-#: The normalisation of the reference's RGB runs (CIFAR-10 and FaceScrub).
-SIFTFUNNEL_RGB = CIFAR10
+#: The normalisation of the reference's RGB runs (CIFAR-10 and FaceScrub; siftfunnel.md, update of
+#: 12-01): CIFAR-10's channel means with the widely copied std (0.2023, 0.1994, 0.2010), not
+#: CIFAR-10's own (0.247, 0.243, 0.261) of `mijax.data.transforms.CIFAR10`.
+SIFTFUNNEL_RGB = Normalization(mean=CIFAR10.mean, std=(0.2023, 0.1994, 0.2010))
 
 FUNNEL_CHANNELS = 12
 
@@ -67,19 +69,31 @@ class AttentionBlock1(nnx.Module):
 
 
 class Funnel(nnx.Module):
-    """The funnel block `block2_mix`: 64 → 16 → 12 channels, one 2× pooling, SE and CBAM."""
+    """The funnel block `block2_mix`: Conv(cin→hidden)+BN → ReLU [→ MaxPool2] → Conv1×1(hidden→C)
+    → Conv3×3 → SiLU → Conv1×1 → Conv3×3 → Conv5×5 → ReLU → SE(C) → CBAM(C).
 
-    def __init__(self, cin: int, *, channels: int = FUNNEL_CHANNELS, rngs: nnx.Rngs):
-        self.squeeze, self.bn = _conv(cin, 16, 1, rngs), BatchNorm(16, rngs=rngs)
-        self.reduce = _conv(16, channels, 1, rngs)
+    The defaults are the funnel CNN's (64 → 16 → 12 channels, one 2× pooling, SE r 4, CBAM r 6); the
+    ResNet and VGG variants (`mijax.models.funnel_variants`) use hidden 32, no pooling and their own
+    C, squeeze kernel and reductions.
+    """
+
+    def __init__(self, cin: int, *, channels: int = FUNNEL_CHANNELS, hidden: int = 16, squeeze_kernel: int = 1,
+                 squeeze_bias: bool = True, pool: bool = True, se_reduction: int = 4, cbam_reduction: int = 6,
+                 rngs: nnx.Rngs):
+        self.squeeze = Conv2d(cin, hidden, squeeze_kernel, padding=squeeze_kernel // 2, use_bias=squeeze_bias,
+                              rngs=rngs)
+        self.bn, self.pool = BatchNorm(hidden, rngs=rngs), pool
+        self.reduce = _conv(hidden, channels, 1, rngs)
         self.mix1 = _conv(channels, channels, 3, rngs)
         self.point = _conv(channels, channels, 1, rngs)
         self.mix2 = _conv(channels, channels, 3, rngs)
         self.mix3 = _conv(channels, channels, 5, rngs)
-        self.se, self.cbam = SE(channels, 4, rngs=rngs), CBAM(channels, 6, rngs=rngs)
+        self.se = SE(channels, se_reduction, rngs=rngs)
+        self.cbam = CBAM(channels, cbam_reduction, rngs=rngs)
 
     def __call__(self, x, *, train=False, key=None):
-        x = max_pool(jax.nn.relu(self.bn(self.squeeze(x), train=train)))
+        x = jax.nn.relu(self.bn(self.squeeze(x), train=train))
+        x = max_pool(x) if self.pool else x
         x = jax.nn.silu(self.mix1(self.reduce(x)))
         x = jax.nn.relu(self.mix3(self.mix2(self.point(x))))
         return self.cbam(self.se(x))
