@@ -10,9 +10,11 @@ in each `mijax.stacks` mode of `--modes` (`vmap`: convolutions planned for batch
 `lax.map` over pairs of unrolled models; `unroll`: a Python loop in the trace). "sequential": the
 single-configuration step, run once per configuration (15 runs of the same compiled program). Every
 variant runs `--steps` steps per dispatch in `fit_loop`'s `lax.scan` program; times per step,
-excluding compilation (reported apart). The variants take turns, one dispatch each per round, for
-`--rounds` rounds, and each is reported by its median round: this machine's speed drifts over
-minutes, so a baseline timed once before the grids compared them with a different machine.
+excluding compilation (reported apart). The variants take turns for `--rounds` rounds, two
+dispatches each per round of which the second is timed (the first re-warms the caches the other
+programs evicted, as a long run of one program would have them), and each is reported by its
+median round: this machine's speed drifts over minutes, so a baseline timed once before the grids
+compared them with a different machine.
 Target: grid at least as fast as sequential (ratio ≥ 1); `mijax.stacks.stack_mode` should name the
 fastest mode.
 """
@@ -89,6 +91,7 @@ def main() -> None:
     rounds = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, (dispatch, _) in variants.items():
+            dispatch()  # warms this program's caches after the others ran: only the second is timed
             rounds[name].append(dispatch() / args.steps)
     single_s = float(np.median(rounds["sequential"]))
     sequential = len(configs) * single_s
