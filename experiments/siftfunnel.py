@@ -16,8 +16,9 @@ inference-time ones on the trained unprotected model: Gaussian noise (σ 0.8), d
 local-DP Laplace noise (ε, clipped to Δ = 1); and SiftFunnel + noise (σ 0.8 on the funnel output).
 
 Attacks (the attacker's data is the first `attacker_images` of the CIFAR-10 test split, its last 10 %
-held out; the targets are the next `target_images`): the decoder attack (`decoder_for`, trained on queries of the deployed
-edge; `decoder_selection`: "held_out" keeps the epoch with the lowest MSE on the held-out attacker
+held out; the targets are the next `target_images`): the decoder attack (`decoder_architecture`: "generic" `decoder_for`
+(`smoke`) or "reference", the reference's per-block inverse networks (`paper`, `tiny`), trained on
+queries of the deployed edge; `decoder_selection`: "held_out" keeps the epoch with the lowest MSE on the held-out attacker
 images (`paper`, `tiny`), "oracle" the reference's selection on the target's training images, which
 favours the attacker, "last" the final epoch (`smoke`, to save compilations); the held-out attacker
 MSE is reported) and the white-box attack of the reference (`white_box_tv_attack`,
@@ -48,7 +49,8 @@ from mijax.attacks import BlackBox, DecoderAttackConfig, WhiteBox, decoder_attac
 from mijax.attacks.mine import MINEConfig, estimate_mutual_information
 from mijax.attacks.white_box_tv import white_box_tv_attack
 from mijax.defenses.siftfunnel import effective_information_volume, no_task_loss
-from mijax.models import classifier_4, decoder_for, pv4_classifier_4
+from mijax.models import classifier_4, decoder_for, pv4_classifier_4, siftfunnel_decoder
+from mijax.models.siftfunnel_decoders import SIFTFUNNEL_TAPS
 from mijax.nn import num_params
 from mijax.optim import freeze, torch_amsgrad
 from mijax.train import evaluate, fit
@@ -56,6 +58,7 @@ from mijax.train import evaluate, fit
 import optax
 
 SELECTIONS = ("held_out", "oracle", "last")
+DECODERS = ("generic", "reference")
 ROWS = ("unprotected", "siftfunnel", "mid", "bido", "nopeek", "noise", "dropout", "local_dp", "siftfunnel+noise")
 # The abstract's claims (v7), for RESULTS.md: accuracy loss < 3 %, ≈ +30 % reconstruction error against
 # the strongest defense, ≥ 50 % lower MI and effective information, ≈ 20× lower edge cost.
@@ -79,6 +82,10 @@ class Config:
     decoder_epochs: int = 3
     decoder_width: int = 16
     decoder_selection: str = "last"
+    # "generic": `decoder_for` at `decoder_width`; "reference": the reference's per-block inverse
+    # networks (`Inversion_4` for Classifier_4, `pv4_Inversion_4` for the funnel CNN;
+    # `mijax.models.siftfunnel_decoder`, widths tied to the target's `width`)
+    decoder_architecture: str = "generic"
     white_box_steps: int = 100
     white_box_images: int = 16
     mine_steps: int = 200
@@ -101,6 +108,8 @@ class Config:
             raise ValueError(f"unknown rows {sorted(unknown)}; valid: {', '.join(ROWS)}")
         if "unprotected" not in self.rows:
             raise ValueError("expected rows to include 'unprotected' (the inference-time defenses use it)")
+        if self.decoder_architecture not in DECODERS:
+            raise ValueError(f"expected decoder_architecture in {DECODERS}, got {self.decoder_architecture!r}")
         if self.decoder_selection not in SELECTIONS:
             raise ValueError(f"expected decoder_selection in {SELECTIONS}, got {self.decoder_selection!r}")
         if self.attacker_images < 20 or self.target_images < 2:
@@ -110,11 +119,11 @@ class Config:
 
 PRESETS = {
     "tiny": Config(image_size=32, width=4, train_images=128, attacker_images=64, target_images=32, epochs=1,
-                   batch_size=32, decoder_epochs=2, decoder_selection="held_out", decoder_width=8, white_box_steps=5, white_box_images=4,
+                   batch_size=32, decoder_epochs=2, decoder_selection="held_out", decoder_architecture="reference", decoder_width=8, white_box_steps=5, white_box_images=4,
                    mine_steps=10, mine_image_size=8),
     "smoke": Config(),
     "paper": Config(width=64, train_images=50000, attacker_images=5000, target_images=5000, epochs=300,
-                    decoder_epochs=100, decoder_width=64, decoder_selection="held_out", white_box_steps=500, white_box_images=64,
+                    decoder_epochs=100, decoder_width=64, decoder_selection="held_out", decoder_architecture="reference", white_box_steps=500, white_box_images=64,
                     mine_steps=20000, mine_critic="siftfunnel", mine_image_size=64),
 }
 
@@ -232,7 +241,13 @@ def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -
         accuracy = float(evaluate(model, state.variables, targets, target_labels, defense=defense,
                                   defense_state=defense_state, key=row_key))
         oracle = BlackBox.from_model(model, state.variables, defense=defense, defense_state=defense_state)
-        decoder = decoder_for(model.feature_shape(), model.input_shape, width=config.decoder_width)
+        if config.decoder_architecture == "reference":
+            model_name = "pv4_classifier_4" if model is funnel else "classifier_4"
+            decoder = siftfunnel_decoder(model_name, SIFTFUNNEL_TAPS[model_name].index(model.cut) + 1,
+                                         width=config.width, channels=model.input_shape[-1],
+                                         image_size=config.image_size)
+        else:
+            decoder = decoder_for(model.feature_shape(), model.input_shape, width=config.decoder_width)
         dec, held_mse = _decoder(config, decoder, oracle, aux_train, aux_held, (x, y),
                                  key=jax.random.fold_in(row_key, 1), workdir=workdir / "checkpoints" / f"decoder_{name}",
                                  progress=progress)
