@@ -25,9 +25,10 @@ def stack_mode(count: int, backend: str | None = None) -> StackMode:
 
     XLA-CPU (2 cores; `benchmarks/cem_grid.py`, `benchmarks/rmle.py`, `mijax demo`): independent
     models in one program run concurrently, one per core, so "map" (`lax.map` over unrolled pairs:
-    two compiled copies) is the default: CEM grid 0.87× of 15 sequential steps (vmap 0.68×), `mijax
-    demo` 30 s (vmap 35 s, unroll 34 s). Unrolling all 15 grid models is faster still (1.27×) but
-    compiles one copy per model (96 s), so it is an override (`mode="unroll"`) for long runs.
+    two compiled copies) is the default: CEM grid 1.16× of 15 sequential steps (unroll 0.85×, vmap
+    0.80×; interleaved rounds, 12-02), Ensembler's 10 members 1.16× a loop at inference (unroll
+    1.07×, vmap 0.31×), `mijax demo` 30 s (vmap 35 s, unroll 34 s). Unrolling compiles one copy per
+    model (75–96 s for the grid), so it is an override (`mode="unroll"`).
     Accelerators: `vmap`. `$MIJAX_STACK_MODE` overrides the choice.
     """
     override = os.environ.get("MIJAX_STACK_MODE")
