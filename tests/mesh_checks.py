@@ -20,7 +20,9 @@ from tests.mesh_common import MODEL, digits  # noqa: E402
 
 
 def close(a, b, **tolerance):
-    chex.assert_trees_all_close(jax.device_get(a), jax.device_get(b), **(tolerance or {"rtol": 1e-4, "atol": 1e-5}))
+    # a sharded batch sums its gradients in another order: after training, single weights were seen
+    # to differ by 1.6e-5 (1 of 262,144 fc1 weights of magnitude 0.03, CI 12-02), so atol 3e-5
+    chex.assert_trees_all_close(jax.device_get(a), jax.device_get(b), **(tolerance or {"rtol": 1e-4, "atol": 3e-5}))
     return True
 
 
