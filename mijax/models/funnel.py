@@ -57,12 +57,13 @@ class ConvBlock(nnx.Module):
         return jax.nn.relu(max_pool(self.bn(self.conv(x), train=train)))
 
 
-class AttentionBlock1(nnx.Module):
-    """The funnel CNN's first block: a `ConvBlock`, SE(C, r 32), triplet attention."""
+class AttentionBlock(nnx.Module):
+    """`block` (C output channels) → SE(C, r `reduction`) → triplet attention: block_idx 1 of the
+    funnel CNN (a `ConvBlock`, r 32) and of its ResNet variant (the conv1 stem, r 16)."""
 
-    def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs):
-        self.block = ConvBlock(cin, cout, rngs=rngs)
-        self.se, self.triplet = SE(cout, 32, rngs=rngs), TripletAttention(rngs=rngs)
+    def __init__(self, block: nnx.Module, channels: int, *, reduction: int, rngs: nnx.Rngs):
+        self.block = block
+        self.se, self.triplet = SE(channels, reduction, rngs=rngs), TripletAttention(rngs=rngs)
 
     def __call__(self, x, *, train=False, key=None):
         return self.triplet(self.se(self.block(x, train=train)), train=train)
@@ -129,7 +130,8 @@ def _check(image_size: int, width: int, channels: int) -> None:
 def _funnel_network(num_classes: int, image_size: int, channels: int, width: int) -> Sequential:
     side = image_size // 16
     return Sequential((
-        Layer("block1", pure(lambda rngs: AttentionBlock1(channels, width, rngs=rngs))),
+        Layer("block1", pure(lambda rngs: AttentionBlock(ConvBlock(channels, width, rngs=rngs), width, reduction=32,
+                                                       rngs=rngs))),
         Layer("funnel", pure(lambda rngs: Funnel(width, rngs=rngs))),
         Layer("up", pure(lambda rngs: UpBlock(FUNNEL_CHANNELS, 2 * width, rngs=rngs))),
         Layer("block3", pure(lambda rngs: ConvBlock(2 * width, 4 * width, rngs=rngs))),

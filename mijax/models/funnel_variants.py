@@ -51,7 +51,7 @@ from flax import nnx
 
 from mijax.data.transforms import Normalization
 from mijax.models.attention import SE, TripletAttention
-from mijax.models.funnel import SIFTFUNNEL_RGB, Funnel, UpBlock
+from mijax.models.funnel import SIFTFUNNEL_RGB, AttentionBlock, Funnel, UpBlock
 from mijax.models.resnet18 import BasicBlock, Stem
 from mijax.models.vgg import conv_layer, dropout_layer
 from mijax.nn import BatchNorm, Conv2d, Layer, Linear, Sequential, max_pool, pure
@@ -79,19 +79,6 @@ class _ConvBNReLU(nnx.Module):
 
     def __call__(self, x, *, train=False, key=None):
         return jax.nn.relu(self.bn(self.conv(x), train=train))
-
-
-class ResNetBlock1(nnx.Module):
-    """The ResNet variant's block_idx 1: `conv1` (Conv3×3 without bias → BN → ReLU), SE(w, r 16),
-    triplet attention. The reference also runs `layer1` (two basic blocks) on `conv1`'s output and
-    discards the result; that has no effect on any output or gradient, so it is not built here."""
-
-    def __init__(self, channels: int, width: int, *, rngs: nnx.Rngs):
-        self.stem = Stem(channels, width, rngs=rngs)
-        self.se, self.triplet = SE(width, 16, rngs=rngs), TripletAttention(rngs=rngs)
-
-    def __call__(self, x, *, train=False, key=None):
-        return self.triplet(self.se(self.stem(x, train=train)), train=train)
 
 
 class ResNetFunnel(nnx.Module):
@@ -149,7 +136,10 @@ def _rn18_network(num_classes: int, image_size: int, channels: int, width: int) 
                    Layer(f"layer{stage}_2", pure(lambda rngs, b=cout: BasicBlock(b, b, 1, rngs=rngs)))]
     features = 8 * width * (image_size // 32) ** 2
     return Sequential((
-        Layer("block1", pure(lambda rngs: ResNetBlock1(channels, width, rngs=rngs))),
+        # block_idx 1: the reference also runs `layer1` (two basic blocks) on conv1's output and
+        # discards the result, which changes no output or gradient, so it is not built.
+        Layer("block1", pure(lambda rngs: AttentionBlock(Stem(channels, width, rngs=rngs), width, reduction=16,
+                                                         rngs=rngs))),
         Layer("funnel", pure(lambda rngs: ResNetFunnel(width, rngs=rngs))),
         Layer("up", pure(lambda rngs: UpBlock(RN18_FUNNEL_CHANNELS, 2 * width, rngs=rngs))),
         *blocks,
