@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             _report(args.workdirs, args.seeds)
         else:
+            from mijax import compilation_cache
+
+            compilation_cache.enable()
             _run("demo" if args.command == "demo" else args.experiment, args)
     except FileNotFoundError as error:  # missing dataset files: the message says where to put them
         raise SystemExit(f"mijax: error: {error}")

@@ -15,6 +15,13 @@ if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
+# Tests in different files and workers compile many identical programs: they share them through JAX's
+# on-disk cache, one per checkout (MIJAX_COMPILATION_CACHE=off runs the suite without it).
+os.environ.setdefault("MIJAX_COMPILATION_CACHE", str(REPO / ".pytest_cache" / "xla"))
+from mijax import compilation_cache  # noqa: E402  (after XLA_FLAGS: importing mijax starts jax)
+
+compilation_cache.enable()
+
 
 def _shared_data_dir() -> pathlib.Path | None:
     env = os.environ.get("MIJAX_DATA_DIR")

@@ -64,6 +64,16 @@ def test_steps_per_dispatch_do_not_change_the_result(digits):
         chex.assert_trees_all_equal(run.opt_state, runs[0].opt_state)
 
 
+def test_short_dispatches_run_the_same_program(digits):
+    # 8 steps per epoch, 3 per dispatch, a checkpoint every 5: dispatches of 3, 2 and 1 steps
+    traces = []
+    noise = defenses.gaussian_noise(sigma=0.2)
+    counting = defenses.Defense(init=noise.init,
+                                feature_transform=lambda *a, **k: (traces.append(1), noise.feature_transform(*a, **k))[1])
+    _fit(digits, defense=counting, steps_per_dispatch=3, checkpoint_every=5)
+    assert len(traces) == 2  # one program: the metrics' shapes, then the loop body
+
+
 def test_sigma_sweep_compiles_once_and_equals_a_python_loop(digits):
     sigmas = (0.0, 0.3, 1.0)
     defense = defenses.gaussian_noise(sigma=0.0)
@@ -74,7 +84,9 @@ def test_sigma_sweep_compiles_once_and_equals_a_python_loop(digits):
     # SGD, not Adam: Adam's normalisation would magnify float32 reduction-order differences.
     sgd = optax.sgd(0.05, momentum=0.9)
     swept = _fit(digits, defense=counting, defense_state=states, sweep=True, optimizer=sgd)
-    assert len(traces) <= stacks.MAP_GROUP + 1  # one program for all three σ (a pair and a tail on CPU)
+    # one program for all three σ (a pair and a tail on CPU), its step traced twice (the metrics'
+    # shapes, then the loop)
+    assert len(traces) <= 2 * (stacks.MAP_GROUP + 1)
     for i, sigma in enumerate(sigmas):
         single = _fit(digits, defense=defenses.gaussian_noise(sigma=sigma), optimizer=sgd)
         chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], swept.variables), single.variables,
