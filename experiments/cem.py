@@ -25,7 +25,7 @@ Spec: `../shared/methods/cem.md`.
    at equal σ, the log-det curves, reconstruction grids and privacy–utility plots.
 
 Presets: `paper` follows the spec (240 epochs, SGD 0.05 with milestones, lr coupling on, full data,
-full decoders, 50 + 150 attack epochs; for a GPU/TPU). `smoke` (about 8 min on 2 CPU cores) keeps
+full decoders, 50 + 150 attack epochs; for a GPU/TPU). `smoke` (7 min 44 s on 2 CPU cores, 12-02) keeps
 the spec's optimiser, schedule and lr coupling but trains a VGG at 1/8 width on the first 6,400
 training images for 5 epochs (lr 0.05 throughout, so the CEM step is λ·s = λ·0.02), scores on the
 first 2,000 test images, and uses small decoders (1 block, 16 channels) trained for 2 epochs on

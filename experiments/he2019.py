@@ -1,7 +1,7 @@
 """He, Zhang & Lee (ACSAC 2019; IEEE IoT-J 2020): attacks on MNIST LeNet and CIFAR10CNN, and defenses.
 
 Command: `mijax run he2019 --preset smoke|cpu|paper|tiny` (reads MNIST/CIFAR-10 from `$MIJAX_DATA_DIR`).
-Cost: `smoke` about 5 minutes on 2 CPU cores (reduced data, epochs and iterations, stated in the
+Cost: `smoke` 4 min 48 s on 2 CPU cores (12-02; reduced data, epochs and iterations, stated in the
 config): a quick check, its CIFAR target is near chance. `cpu` trains converged targets on the whole
 training sets in hours on 2 CPU cores (budgets, measured accuracy and time at the preset); targets,
 inverse networks and shadows checkpoint, so rerunning the command resumes. `paper` uses the papers'

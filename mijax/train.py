@@ -297,7 +297,8 @@ def fit_loop(step: Callable, state: Any, arrays: tuple[np.ndarray, ...], *, epoc
             if checkpointer and (t % checkpoint_every == 0 or t == total):
                 checkpointer.save(t, state)
             bar.update(count)
-            bar.set_postfix({k: _dispatch_mean(np.asarray(v)[:count]) for k, v in metrics.items()})
+            if progress:  # reading the metrics waits for the device: only for a bar that shows them
+                bar.set_postfix({k: _dispatch_mean(np.asarray(v)[:count]) for k, v in metrics.items()})
     finally:
         bar.close()
         if checkpointer:
