@@ -227,7 +227,7 @@ def _adam(learning_rate: float) -> optax.GradientTransformation:
 
 
 @functools.cache
-def _mapped_shadow_step(head: Pure, tail: Pure, optimizer, match: str = "covariance"):
+def _mapped_shadow_step(head: Pure, tail: Pure, optimizer, match: str | None):
     return map_models(_shadow_step(head, tail, optimizer, match), (0, None, None, None, None, None, None, None))
 
 
@@ -262,7 +262,8 @@ def feature_statistics(z_tilde: jax.Array, target: dict, *, match: str) -> jax.A
     raise ValueError(f"expected match in {MATCHES}, got {match!r}")
 
 
-def _shadow_step(head: Pure, tail: Pure, optimizer, match: str = "covariance"):
+def _shadow_step(head: Pure, tail: Pure, optimizer, match: str | None):
+    """One step of the stacked shadows; `match` None leaves the traffic-matching term out of the program."""
     def step(state: TrainState, x, y, key, knowledge: ServerMembers, sigma, target, match_weight):
         mask, fixed, learn = state.defense_state
         head_key, noise_key, tail_key = jax.random.split(key, 3)
@@ -276,7 +277,8 @@ def _shadow_step(head: Pure, tail: Pure, optimizer, match: str = "covariance"):
             logits, tail_vars = tail.apply({**state.variables["tail"], "params": params["tail"]},
                                            jnp.tensordot(weights, outs, axes=1), train=True, key=tail_key)
             loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-            loss = loss + match_weight * feature_statistics(z_tilde, target, match=match)
+            if match is not None:
+                loss = loss + match_weight * feature_statistics(z_tilde, target, match=match)
             return loss, (head_vars, tail_vars, logits)
 
         params = {"head": state.variables["head"]["params"], "tail": state.variables["tail"]["params"],
@@ -359,7 +361,7 @@ def train_shadows(knowledge: ServerMembers, masks, fixed, learn, images, labels,
     # distinct buffers for every leaf: the step donates its state (a0 passes one array as masks and fixed)
     state = jax.tree.map(lambda a: jnp.array(np.asarray(a)), TrainState(
         jnp.zeros((count,), jnp.int32), variables, opt_state, (masks, fixed, learn)))
-    step = _mapped_shadow_step(head, tail, optimizer, config.match)
+    step = _mapped_shadow_step(head, tail, optimizer, config.match if config.match_weight else None)
     sigma = jnp.float32(config.sigma)
     state = fit_loop(step, state, (images, labels),
                      step_args=(knowledge, sigma, target, jnp.float32(config.match_weight)), epochs=config.epochs,
