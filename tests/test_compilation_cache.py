@@ -34,7 +34,7 @@ def test_a_repeated_program_loads_from_the_folder(tmp_path):
     assert "Persistent compilation cache hit" in result.stderr
 
 
-def test_off_disables_it(tmp_path):
+def test_off_disables_it():
     result = _run({"MIJAX_COMPILATION_CACHE": "off"})
     assert result.stdout.strip() == "None"
     assert "Persistent compilation cache hit" not in result.stderr
