@@ -1,5 +1,6 @@
 """The MIDRE experiment runs end to end in its `tiny` preset and writes every report file."""
 
+import dataclasses
 import json
 
 import pytest
@@ -27,3 +28,14 @@ def test_midre_tiny_writes_every_report_file(data_dir, tmp_path):
                                                            for a in ("rMLE", "decoder")}
     assert len(results["summary"]) == len(config.defenses)
     assert "| mnist | erasing_0.4 | 1 |" in (tmp_path / "tables.md").read_text()
+
+
+@pytest.mark.parametrize("settings, message", [({"evaluator_classes": "public"}, "evaluator_classes"),
+                                               ({"evaluator_classes": "private"}, "top_k=5"),
+                                               ({"top_k": 10}, "top_k=10")])
+def test_midre_rejects_evaluator_settings_before_training(tmp_path, settings, message):
+    module = experiments.get("midre")
+    config = dataclasses.replace(module.get_config("tiny"), **settings)
+    with pytest.raises(ValueError, match=message):
+        module.run(config, tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
