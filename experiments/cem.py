@@ -443,6 +443,16 @@ def robustness_gains(rows, config: Config) -> list[dict]:
     return gains
 
 
+SETTING_FIELDS = ("sigma", "lam")   # the numbers that name a row (`mijax report --seeds` matches on them)
+
+
+def claims(results) -> dict[str, bool]:
+    """CEM's claim per σ, λ and attack, true or false in one run (`mijax report --seeds` counts them):
+    noise + CEM leaves the attack a larger reconstruction MSE than noise alone at the same σ."""
+    return {f"σ {g['sigma']}, λ {g['lam']}: CEM raises the {attack} attack's MSE over noise alone":
+            g[f"{attack} mse gain %"] > 0 for g in results["gains"] for attack in ATTACKS}
+
+
 def report_markdown(results) -> str:
     """`mijax report`: the tables of a finished run from its results.json."""
     return tables_markdown(results["rows"], results["gains"], results)

@@ -120,7 +120,8 @@ def _spread(values: list[float]) -> str:
 
 def render_seeds(workdirs: list[str | pathlib.Path]) -> str:
     """Finished runs of one experiment that differ only in `seed`, as one markdown section: per row
-    of the runs' tables (matched on their non-numeric fields and the sweep value), every numeric
+    of the runs' tables (`rows` and any other list of rows in the results, matched on their
+    non-numeric fields and the module's `SETTING_FIELDS`, default the sweep `value`), every numeric
     field as mean ± sample standard deviation (min–max) over the seeds, or its one value where every
     run has the same (published numbers); the same for each mapping of numbers in the results
     (target accuracies, phase times).
@@ -146,15 +147,20 @@ def render_seeds(workdirs: list[str | pathlib.Path]) -> str:
     import mijax_experiments as experiments
     module = experiments.get(name)
     command = command_for(name, module, {**first["config"], "seed": "S"})
-    keyed = []
-    for workdir, _, results in runs:
-        rows = {}
-        for row in results.get("rows", []):
-            key = tuple((k, v) for k, v in row.items() if v is not None and (not _number(v) or k == "value"))
-            rows.setdefault(key, row)
-        keyed.append(rows)
-    if any(rows.keys() != keyed[0].keys() for rows in keyed[1:]):
-        raise ValueError("the runs' result rows do not match (different tables or settings)")
+    settings = getattr(module, "SETTING_FIELDS", ("value",))
+    row_lists = [k for k, v in runs[0][2].items()
+                 if isinstance(v, list) and v and all(isinstance(row, dict) for row in v)]
+    keyed = {}
+    for field in row_lists:
+        keyed[field] = []
+        for workdir, _, results in runs:
+            rows = {}
+            for row in results.get(field, []):
+                key = tuple((k, v) for k, v in row.items() if v is not None and (not _number(v) or k in settings))
+                rows.setdefault(key, row)
+            keyed[field].append(rows)
+        if any(rows.keys() != keyed[field][0].keys() for rows in keyed[field][1:]):
+            raise ValueError(f"the runs' {field} do not match (different tables or settings)")
     lines = [f"## {name} over seeds {', '.join(map(str, seeds))}: `{command}` (S = each seed)", "",
              f"- runs: {', '.join(str(w) for w, _, _ in runs)}",
              f"- wall time per run: {', '.join(str(r.get('seconds')) for _, _, r in runs)} s",
@@ -167,21 +173,24 @@ def render_seeds(workdirs: list[str | pathlib.Path]) -> str:
     for field, mapping in _number_mappings(runs[0][2]):
         cells = [f"{k}: {_spread([r[field][k] for _, _, r in runs])}" for k in mapping]
         lines += [f"{field}: " + "; ".join(cells), ""]
-    for table in dict.fromkeys(dict(key).get("table", "") for key in keyed[0]):
-        keys = [key for key in keyed[0] if dict(key).get("table", "") == table]
-        numeric = list(dict.fromkeys(k for key in keys for k, v in keyed[0][key].items()
-                                     if _number(v) and k != "value"))
-        labels = list(dict.fromkeys(k for key in keys for k, _ in key if k != "table"))
-        lines += [f"### {table}" if table else "### rows", "", "| " + " | ".join(labels + numeric) + " |",
-                  "|" + "---|" * (len(labels) + len(numeric))]
-        for key in keys:
-            values = dict(key)
-            cells = [str(values.get(k, "")) for k in labels]
-            for k in numeric:
-                got = [rows[key].get(k) for rows in keyed]
-                cells.append(_spread(got) if all(_number(g) for g in got) else "")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+    for field in row_lists:
+        first_rows = keyed[field][0]
+        default_title = "" if field == "rows" else field
+        for table in dict.fromkeys(dict(key).get("table", default_title) for key in first_rows):
+            keys = [key for key in first_rows if dict(key).get("table", default_title) == table]
+            numeric = list(dict.fromkeys(k for key in keys for k, v in first_rows[key].items()
+                                         if _number(v) and k not in settings))
+            labels = list(dict.fromkeys(k for key in keys for k, _ in key if k != "table"))
+            lines += [f"### {table}" if table else "### rows", "", "| " + " | ".join(labels + numeric) + " |",
+                      "|" + "---|" * (len(labels) + len(numeric))]
+            for key in keys:
+                values = dict(key)
+                cells = [str(values.get(k, "")) for k in labels]
+                for k in numeric:
+                    got = [rows[key].get(k) for rows in keyed[field]]
+                    cells.append(_spread(got) if all(_number(g) for g in got) else "")
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -250,6 +251,34 @@ def test_report_over_seeds_gives_mean_and_spread_per_cell(he2019_tiny, tmp_path)
         common.render_seeds([workdir, copies[0]])
     with pytest.raises(ValueError, match="at least two"):
         common.render_seeds([workdir])
+
+
+def test_cem_report_over_seeds_keeps_each_sigma_lambda_row_and_counts_its_claims(tmp_path):
+    archived = pathlib.Path(__file__).parents[1] / "results" / "runs" / "cem_cpu"
+    workdirs = []
+    for seed, scale in ((125, 1.0), (126, 1.2)):
+        copy = tmp_path / f"seed{seed}"
+        copy.mkdir()
+        saved = json.loads((archived / "config.json").read_text())
+        saved["config"]["seed"] = seed
+        (copy / "config.json").write_text(json.dumps(saved))
+        results = json.loads((archived / "results.json").read_text())
+        for row in results["rows"] + results["gains"]:
+            row.update({k: v * scale for k, v in row.items() if isinstance(v, float) and k not in ("sigma", "lam")})
+        (copy / "results.json").write_text(json.dumps(results))
+        workdirs.append(copy)
+    text = common.render_seeds(workdirs)
+    tables = _markdown_tables(text)
+    original = json.loads((archived / "results.json").read_text())
+    rows = tables["rows"]
+    assert [(float(r["sigma"]), float(r["lam"])) for r in rows] == [(r["sigma"], r["lam"]) for r in original["rows"]]
+    for cells, row in zip(rows, original["rows"]):
+        values = np.array([row["inference-time mse"], 1.2 * row["inference-time mse"]])
+        assert cells["inference-time mse"].startswith(f"{values.mean():.4g} ± {values.std(ddof=1):.2g}")
+    gain = original["gains"][0]["inference-time mse gain %"]
+    assert tables["gains"][0]["inference-time mse gain %"].startswith(f"{1.1 * gain:.4g} ± ")
+    for claim, held in experiments.get("cem").claims(original).items():
+        assert f"- {claim}: {2 if held else 0} of 2" in text, claim
 
 
 def test_cem_selection_keeps_each_configurations_best_epoch_and_resumes(tmp_path):
