@@ -163,7 +163,7 @@ def render_seeds(workdirs: list[str | pathlib.Path]) -> str:
             raise ValueError(f"the runs' {field} do not match (different tables or settings)")
     lines = [f"## {name} over seeds {', '.join(map(str, seeds))}: `{command}` (S = each seed)", "",
              f"- runs: {', '.join(str(w) for w, _, _ in runs)}",
-             f"- wall time per run: {', '.join(str(r.get('seconds')) for _, _, r in runs)} s",
+             f"- wall time per run: {', '.join(str(_total_seconds(r)) for _, _, r in runs)} s",
              "- cells: mean ± sample standard deviation (min–max) over the seeds", ""]
     if hasattr(module, "claims"):
         held = [module.claims(results) for _, _, results in runs]
@@ -194,6 +194,12 @@ def render_seeds(workdirs: list[str | pathlib.Path]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _total_seconds(results: dict):
+    """A run's wall time: `seconds`, or its `total` where the run times its phases (CEM)."""
+    seconds = results.get("seconds")
+    return seconds.get("total") if isinstance(seconds, dict) else seconds
+
+
 def _number_mappings(results: dict):
     """The (field, mapping) pairs of `results` whose values are mappings of numbers."""
     return [(k, v) for k, v in results.items()
@@ -220,9 +226,7 @@ def render_report(workdir: str | pathlib.Path) -> str:
         name = matches[0]
     module = experiments.get(name)
     versions = saved.get("versions", {})
-    seconds = results.get("seconds")
-    if isinstance(seconds, dict):
-        seconds = seconds.get("total")
+    seconds = _total_seconds(results)
     lines = [f"## {name}: `{command_for(name, module, saved['config'])}`", "",
              f"- seed {saved.get('seed')}; mijax {versions.get('mijax')}, jax {versions.get('jax')}, "
              f"flax {versions.get('flax')}, Python {versions.get('python')} on {versions.get('jax_backend')}",
