@@ -365,6 +365,16 @@ def _summary_fields(topk: str) -> tuple[str, ...]:
     return ("natural_accuracy", "gmi_top1", f"gmi_{topk}", "gmi_knn", "kedmi_top1", f"kedmi_{topk}", "kedmi_knn")
 
 
+def report_markdown(results) -> str:
+    """`mijax report`: the tables of a finished run from its results.json, with how they were scored."""
+    rows = results["rows"]
+    extra = {"top_k": 5, "skipped": [], **{k: v for k, v in results.items() if k != "rows"}}
+    accuracies = {k: v for k, v in results.get("seconds_per_phase", {}).items() if k.endswith("evaluator accuracy")}
+    notes = [f"Scoring: {results['evaluation']}." if "evaluation" in results else ""]
+    notes += [f"{name}: {accuracy:.4g} (test accuracy)" for name, accuracy in accuracies.items()]
+    return tables_markdown(rows, extra) + "\n" + "\n".join(n for n in notes if n) + "\n"
+
+
 def tables_markdown(rows, extra) -> str:
     """The per-defense summary (mean ± std over seeds) and the split-inference table."""
     k = extra.get("top_k", 5)

@@ -6,6 +6,7 @@ import json
 import pytest
 
 import mijax_experiments as experiments
+from mijax_experiments import common
 
 
 @pytest.mark.slow
@@ -28,6 +29,7 @@ def test_midre_tiny_writes_every_report_file(data_dir, tmp_path):
                                                            for a in ("rMLE", "decoder")}
     assert len(results["summary"]) == len(config.defenses)
     assert "| mnist | erasing_0.4 | 1 |" in (tmp_path / "tables.md").read_text()
+    assert (tmp_path / "tables.md").read_text() in common.render_report(tmp_path)  # `mijax report` shows the same tables
 
 
 @pytest.mark.parametrize("settings, message", [({"evaluator_classes": "public"}, "evaluator_classes"),
