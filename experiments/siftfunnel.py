@@ -49,10 +49,10 @@ import numpy as np
 
 from mijax_experiments import common
 from mijax import data, defenses, losses, metrics, report
-from mijax.batch_stats import recompute_batch_stats
 from mijax.attacks import BlackBox, DecoderAttackConfig, WhiteBox, decoder_attack, train_decoder_attack
 from mijax.attacks.mine import MINEConfig, estimate_mutual_information
 from mijax.attacks.white_box_tv import white_box_tv_attack
+from mijax.batch_stats import recompute_batch_stats
 from mijax.defenses.siftfunnel import effective_information_volume, no_task_loss
 from mijax.models import classifier_4, decoder_for, pv4_classifier_4, siftfunnel_decoder
 from mijax.models.siftfunnel_decoders import SIFTFUNNEL_TAPS
