@@ -6,7 +6,7 @@ with *earlier* weights. After a long training run the lag does not matter. After
 can: SiftFunnel's funnel CNN after 45 steps at lr 1e-3 classifies 0.34 of its test images in train
 mode (batch statistics) but 0.11 in eval mode. Its triplet-attention BatchNorms (PyTorch momentum
 0.01) still hold 64 % of their initial values, and the small funnel output makes the cloud
-sensitive to every offset. Recomputed statistics bring eval mode back to 0.34 (RESULTS.md, SiftFunnel).
+sensitive to every offset. Recomputed statistics bring eval mode to 0.35 (RESULTS.md, SiftFunnel).
 """
 
 from __future__ import annotations
