@@ -32,3 +32,7 @@ __all__ += ["ReleasedClassifier", "GmiConfig", "InversionResult", "PriorConfig",
 from mijax.attacks.mine import MIEstimate, MINEConfig, estimate_mutual_information  # noqa: E402
 
 __all__ += ["MIEstimate", "MINEConfig", "estimate_mutual_information"]
+
+from mijax.attacks.feature_scaling import feature_statistics, standardize_input  # noqa: E402
+
+__all__ += ["feature_statistics", "standardize_input"]
