@@ -197,7 +197,7 @@ def _white_box(config: Config, knowledge: WhiteBox, z, *, key):
         return white_box_tv_attack(knowledge, z, key=key, steps=config.white_box_steps)
     rmle_config = RMLEConfig(num_steps=config.white_box_steps, learning_rate=0.05, tv_weight=0.05, optimizer="adam",
                              space="pixel", eps=1e-8)
-    return jax.jit(lambda k, z: rmle(k, z, config=rmle_config))(knowledge, z)
+    return jax.jit(lambda knowledge, z: rmle(knowledge, z, config=rmle_config))(knowledge, z)  # from grey: no key
 
 
 def run(config: Config, workdir: str | pathlib.Path, *, progress: bool = True) -> dict:
